@@ -1,0 +1,126 @@
+"""The UNet's transformer blocks, as in CompVis ldm/modules/attention.py.
+
+SpatialTransformer -> BasicTransformerBlock -> attn1 (self), attn2 (RegionCrossAttention), ff.
+Attribute names match CompVis so `model.diffusion_model.*.transformer_blocks.*` keys load as-is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..conditioning import UNetContext
+from ..region.attention import RegionCrossAttention
+from .cross_attention import CrossAttention
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters (CompVis initialises output projections this way)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+class GEGLU(nn.Module):
+    """Gated GELU (Shazeer 2020): proj to 2*dim_out, x * gelu(gate)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim_in) -> (..., dim_out)."""
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """net.0 = GEGLU or Linear+GELU, net.1 = Dropout, net.2 = Linear (CompVis key layout)."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, glu: bool = False,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        inner_dim = int(dim * mult)
+        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim),
+                                                                     nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout),
+                                 nn.Linear(inner_dim, dim if dim_out is None else dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> (..., dim_out)."""
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, region-aware cross-attention and a gated feed-forward, pre-norm."""
+
+    def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0,
+                 context_dim: int | None = None, gated_ff: bool = True,
+                 checkpoint: bool = True) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
+        self.attn2 = RegionCrossAttention(dim, context_dim=context_dim, heads=n_heads,
+                                          dim_head=d_head, dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
+                ) -> torch.Tensor:
+        """x (B, h*w, dim), context (B, 77, context_dim) or UNetContext -> (B, h*w, dim)."""
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context=context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over an image grid: norm, 1x1 proj_in, blocks on (h w) tokens, proj_out.
+
+    `use_linear` (SD 2.x layout) projects with Linear after flattening instead of 1x1 convs.
+    """
+
+    def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1,
+                 dropout: float = 0.0, context_dim: int | None = None,
+                 use_linear: bool = False, use_checkpoint: bool = True) -> None:
+        super().__init__()
+        inner_dim = n_heads * d_head
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6, affine=True)
+        if use_linear:
+            self.proj_in = nn.Linear(in_channels, inner_dim)
+        else:
+            self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout,
+                                  context_dim=context_dim)
+            for _ in range(depth)
+        )
+        proj_out = (nn.Linear(inner_dim, in_channels) if use_linear
+                    else nn.Conv2d(inner_dim, in_channels, kernel_size=1))
+        self.proj_out = zero_module(proj_out)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
+                ) -> torch.Tensor:
+        """x (B, C, h, w), context (B, 77, context_dim) or UNetContext -> (B, C, h, w)."""
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        # The region weights are resampled to this layer's own grid: tell attn2 which it is.
+        if isinstance(context, UNetContext):
+            context = context.at_grid(h, w)
+        for block in self.transformer_blocks:
+            x = block(x, context=context)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in

@@ -1,0 +1,148 @@
+"""LatentDiffusion for inference: the CompVis module tree and schedule, no training code.
+
+`model.diffusion_model` (UNet), `first_stage_model` (VAE), `cond_stage_model` (CLIP) and the
+DDPM schedule buffers under the names CompVis registers, so an SD checkpoint's state_dict loads
+strictly. A plain nn.Module: Lightning lives at the edges (pww_ldm.train, pww_ldm.batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..conditioning import UNetContext
+from ..config import instantiate_from_config
+from .autoencoder import AutoencoderKL
+
+SCHEDULE_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+)
+
+
+def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-4,
+                       linear_end: float = 2e-2) -> np.ndarray:
+    """CompVis's betas: "linear" is linear in sqrt(beta) (the SD schedule). (n_timestep,)."""
+    if schedule == "linear":
+        return (torch.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep,
+                               dtype=torch.float64) ** 2).numpy()
+    if schedule == "sqrt_linear":
+        return torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64).numpy()
+    raise ValueError(f"beta_schedule {schedule!r} is not supported; use 'linear'")
+
+
+def schedule_tensors(beta_schedule: str, timesteps: int, linear_start: float,
+                     linear_end: float, v_posterior: float = 0.0) -> dict[str, torch.Tensor]:
+    """The DDPM schedule, computed in float64 and stored float32 as CompVis does: {name: (T,)}."""
+    betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end)
+    alphas = 1.0 - betas
+    ac = np.cumprod(alphas, axis=0)
+    ac_prev = np.append(1.0, ac[:-1])
+    posterior_variance = (1 - v_posterior) * betas * (1.0 - ac_prev) / (1.0 - ac) \
+        + v_posterior * betas
+    values = {
+        "betas": betas, "alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev,
+        "sqrt_alphas_cumprod": np.sqrt(ac), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - ac),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - ac),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / ac),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / ac - 1),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
+        "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
+    }
+    return {name: torch.tensor(values[name], dtype=torch.float32, device="cpu")
+            for name in SCHEDULE_BUFFERS}
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the UNet as `diffusion_model` (the `model.diffusion_model.*` key prefix)."""
+
+    def __init__(self, diff_model_config: dict, conditioning_key: str | None = "crossattn") -> None:
+        super().__init__()
+        if conditioning_key not in ("crossattn", None):
+            raise ValueError(f"conditioning_key {conditioning_key!r} is not supported")
+        self.diffusion_model = instantiate_from_config(diff_model_config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                context: torch.Tensor | UNetContext | None) -> torch.Tensor:
+        """x (B, C, h, w), t (B,), context (B, 77, C_ctx) or UNetContext -> eps (B, C, h, w)."""
+        return self.diffusion_model(x, t, context=context)
+
+
+class LatentDiffusion(nn.Module):
+    """Stable Diffusion: text -> context, latent denoiser, latent <-> image.
+
+    Accepts CompVis's constructor parameters (configs/v1-inference.yaml); training-only ones
+    (monitor, scheduler_config, ...) are accepted and ignored.
+    """
+
+    def __init__(self, first_stage_config: dict, cond_stage_config: dict, unet_config: dict,
+                 timesteps: int = 1000, beta_schedule: str = "linear",
+                 linear_start: float = 1e-4, linear_end: float = 2e-2,
+                 scale_factor: float = 1.0, scale_by_std: bool = False,
+                 conditioning_key: str | None = "crossattn", parameterization: str = "eps",
+                 cond_stage_trainable: bool = False, v_posterior: float = 0.0,
+                 image_size: int = 64, channels: int = 4, **compvis_training_params: Any) -> None:
+        super().__init__()
+        if parameterization != "eps":
+            raise ValueError(f"parameterization {parameterization!r} is not supported (SD v1 is eps)")
+        self.parameterization = parameterization
+        self.image_size = image_size
+        self.channels = channels
+        self.cond_stage_trainable = cond_stage_trainable
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self.first_stage_model: AutoencoderKL = instantiate_from_config(first_stage_config)
+        self.cond_stage_model = instantiate_from_config(cond_stage_config)
+        if scale_by_std:
+            self.register_buffer("scale_factor", torch.tensor(scale_factor))
+        else:
+            self.scale_factor = scale_factor
+        self.register_schedule(beta_schedule, timesteps, linear_start, linear_end, v_posterior)
+
+    def register_schedule(self, beta_schedule: str, timesteps: int, linear_start: float,
+                          linear_end: float, v_posterior: float = 0.0) -> None:
+        """Register the DDPM schedule buffers (see `schedule_tensors`)."""
+        self.num_timesteps = int(timesteps)
+        tensors = schedule_tensors(beta_schedule, timesteps, linear_start, linear_end, v_posterior)
+        for name in SCHEDULE_BUFFERS:
+            self.register_buffer(name, tensors[name])
+
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        """The dtype the UNet computes in."""
+        return self.model.diffusion_model.time_embed[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the UNet's weights."""
+        return self.model.diffusion_model.time_embed[0].weight.device
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor,
+                    cond: torch.Tensor | UNetContext) -> torch.Tensor:
+        """Noise prediction: x_noisy (B, 4, h, w), t (B,), cond (B, 77, C) or UNetContext."""
+        return self.model(x_noisy, t, cond)
+
+    @torch.no_grad()
+    def get_learned_conditioning(self, c: str | list[str]) -> torch.Tensor:
+        """Prompt(s) -> (B, 77, C) text embeddings."""
+        return self.cond_stage_model.encode(c)
+
+    def encode_first_stage(self, x: torch.Tensor) -> Any:
+        """Image (B, 3, H, W) in [-1, 1] -> the VAE posterior over (B, 4, H/8, W/8)."""
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, posterior: Any,
+                                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """A posterior sample scaled by scale_factor: the diffusion's latent (B, 4, h, w)."""
+        z = posterior.sample(generator) if hasattr(posterior, "sample") else posterior
+        return self.scale_factor * z
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion latent (B, 4, h, w) -> image (B, 3, 8h, 8w) roughly in [-1, 1]."""
+        return self.first_stage_model.decode(z / self.scale_factor)

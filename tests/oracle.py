@@ -1,0 +1,57 @@
+"""diffusers / transformers models holding the same weights as ours (test-only oracle).
+
+The conversion is diffusers' own LDM -> diffusers code (diffusers.loaders.single_file_utils),
+so a key-mapping mistake on our side cannot be mirrored by the oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL as DiffusersVAE
+from diffusers import UNet2DConditionModel
+from diffusers.loaders import single_file_utils as sfu
+from omegaconf import OmegaConf
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from pww_ldm.models.text_encoder import VIT_L14_TEXT
+
+
+def _original_config(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def diffusers_unet(cfg, state_dict: dict) -> UNet2DConditionModel:
+    """UNet2DConditionModel with the UNet weights of an LDM state_dict."""
+    original = _original_config(cfg)
+    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, state_dict)
+    unet = UNet2DConditionModel(**unet_cfg)
+    converted = sfu.convert_ldm_unet_checkpoint(dict(state_dict), unet_cfg)
+    unet.load_state_dict(converted, strict=True)
+    return unet.eval()
+
+
+def diffusers_vae(cfg, state_dict: dict) -> DiffusersVAE:
+    """diffusers AutoencoderKL with the first-stage weights of an LDM state_dict."""
+    original = _original_config(cfg)
+    vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, state_dict)
+    vae = DiffusersVAE(**vae_cfg)
+    vae_sd = {k[len("first_stage_model."):]: v for k, v in state_dict.items()
+              if k.startswith("first_stage_model.")}
+    converted = sfu.convert_ldm_vae_checkpoint(vae_sd, vae_cfg)
+    vae.load_state_dict(converted, strict=True)
+    return vae.eval()
+
+
+def transformers_clip(state_dict: dict, config: dict | None = None) -> CLIPTextModel:
+    """transformers' CLIPTextModel with the text-encoder weights of an LDM state_dict."""
+    text_cfg = CLIPTextConfig(**{**VIT_L14_TEXT, **(config or {})})
+    model = CLIPTextModel(text_cfg)
+    converted = sfu.convert_ldm_clip_checkpoint(dict(state_dict))
+    converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
+    if not hasattr(model, "text_model"):  # transformers >= 5 flattened the module tree
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    model.load_state_dict(converted, strict=False)
+    missing = set(model.state_dict()) - set(converted) - {"embeddings.position_ids",
+                                                          "text_model.embeddings.position_ids"}
+    assert not missing, missing
+    return model.eval()
