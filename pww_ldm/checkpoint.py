@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -75,15 +75,15 @@ def _load_pickle(path: Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        if "Unsupported global" in message or "weights_only" in message.lower():
-            refused = message.split("Unsupported global:")[-1].split("was not")[0].strip() \
-                if "Unsupported global:" in message else "a non-tensor object"
+        if "weights_only" in message.lower() or "global" in message.lower():
+            found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", message)
+            refused = (found.group(1) or found.group(2)) if found else "a non-tensor object"
             raise UnsafeCheckpointError(
-                f"{path}: refused to unpickle {refused}; this .ckpt asks to run or import code "
+                f"{path}: refused to unpickle {refused}; this .ckpt asks to import or run code "
                 "that Stable Diffusion checkpoints never contain. Nothing was executed. Use a "
                 ".safetensors file or a checkpoint from a source you trust.") from None
         raise CorruptCheckpointError(f"{path}: damaged pickle ({exc}); download it again") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of a damaged pickle is the same to users
         raise CorruptCheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: "
             f"{str(exc)[:200]}); the file is truncated or corrupt, download it again") from exc

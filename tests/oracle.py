@@ -6,7 +6,6 @@ so a key-mapping mistake on our side cannot be mirrored by the oracle.
 
 from __future__ import annotations
 
-import torch
 from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from oracle import diffusers_unet, diffusers_vae, transformers_clip
 from tiny import TINY_CLIP, tiny_config, tiny_model
 

@@ -29,10 +29,10 @@ def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-
                        linear_end: float = 2e-2) -> np.ndarray:
     """CompVis's betas: "linear" is linear in sqrt(beta) (the SD schedule). (n_timestep,)."""
     if schedule == "linear":
-        return (torch.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep,
-                               dtype=torch.float64) ** 2).numpy()
+        return np.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep,
+                           dtype=np.float64) ** 2
     if schedule == "sqrt_linear":
-        return torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64).numpy()
+        return np.linspace(linear_start, linear_end, n_timestep, dtype=np.float64)
     raise ValueError(f"beta_schedule {schedule!r} is not supported; use 'linear'")
 
 
