@@ -27,7 +27,7 @@ def tiny_config(context_dim: int = 32):
     unet.context_dim = context_dim
     dd = cfg.model.params.first_stage_config.params.ddconfig
     dd.ch = 32
-    dd.ch_mult = [1, 2]
+    dd.ch_mult = [1, 1, 2, 2]  # four levels: the VAE factor is 8 as in SD
     dd.num_res_blocks = 1
     cfg.model.params.cond_stage_config.params = {"config": dict(TINY_CLIP, hidden_size=context_dim)}
     return cfg
@@ -36,23 +36,40 @@ def tiny_config(context_dim: int = 32):
 def tiny_model(seed: int = 0, context_dim: int = 32):
     """A tiny LatentDiffusion with random (non-zero) weights, float32, eval mode."""
     torch.manual_seed(seed)
-    model = instantiate_from_config(tiny_config(context_dim).model)
+    return randomize_(instantiate_from_config(tiny_config(context_dim).model), seed)
+
+
+def randomize_(model, seed: int = 0):
+    """Random values in every parameter, including the zero-initialised output convs.
+
+    Norm layers get weights near 1 so activations keep a sensible scale through the network.
+    """
+    torch.manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1 or "norm" not in name:
-                p.normal_(0, 0.02 if p.dim() > 1 else 0.01)  # zero_module'd convs get weights too
+        for module in model.modules():
+            is_norm = isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+            for name, p in module.named_parameters(recurse=False):
+                if is_norm and name == "weight":
+                    p.normal_(1.0, 0.1)
+                else:
+                    p.normal_(0, 0.02 if p.dim() > 1 else 0.01)
     return model.eval()
 
 
-def write_checkpoint(model, path: Path, *, lightning: bool = True, ema: bool = True) -> Path:
-    """Write `model` the way real SD checkpoints are: Lightning dict, EMA copy, position_ids."""
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
+def write_checkpoint(model, path: Path, *, lightning: bool = True, ema: bool = True,
+                     dtype: torch.dtype | None = None, ema_offset: float = 1.0) -> Path:
+    """Write `model` the way real SD checkpoints are: Lightning dict, EMA copy, position_ids.
+
+    EMA weights are the model's plus `ema_offset`, so a test can tell which set was loaded.
+    """
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+          for k, v in model.state_dict().items()}
     n = sd["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"].shape[0]
     sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(n)[None]
     if ema:
         for k, v in list(sd.items()):
             if k.startswith("model.diffusion_model."):
-                sd["model_ema." + k[len("model."):].replace(".", "")] = v + 1.0
+                sd["model_ema." + k[len("model."):].replace(".", "")] = v + ema_offset if ema_offset else v.clone()
         sd["model_ema.decay"] = torch.tensor(0.9999)
         sd["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
     path = Path(path)

@@ -258,6 +258,11 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.embed_dim = embed_dim
 
+    @property
+    def downsample_factor(self) -> int:
+        """Image pixels per latent pixel along each axis (8 for SD)."""
+        return 2 ** (len(self.encoder.down) - 1)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """x (B, 3, H, W) in [-1, 1] -> posterior over (B, embed_dim, H/f, W/f)."""
         return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
