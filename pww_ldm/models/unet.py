@@ -22,7 +22,8 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, ...) -> same shape and dtype."""
-        return super().forward(x.float()).type(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+        return super().forward(x.to(compute)).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..conditioning import UNetContext
+from ..kernels import attention
 from ..models.cross_attention import CrossAttention
 
 
@@ -26,17 +27,34 @@ class RegionCrossAttention(CrossAttention):
         """x (B, h*w, query_dim), context (B, 77, context_dim) or UNetContext -> (B, h*w, query_dim)."""
         if not isinstance(context, UNetContext) or context.regions is None:
             return super().forward(x, context)
+        q, k, v = self.project(x, context)
+        rows = context.region_rows
+        if rows is None:
+            return self.merge(torch.matmul(self.region_probs(q, k, context), v))
+        # Rows without regions (the unconditional half of CFG) stay on the fast kernel and give
+        # exactly what plain SD gives; only the region rows take the biased path.
+        plain = attention(q, k, v, self.attention_kernel)
+        biased = torch.matmul(self.region_probs(q[rows], k[rows], context, all_rows=True), v[rows])
+        return self.merge(plain.index_copy(0, rows, biased))
+
+    def region_probs(self, q: torch.Tensor, k: torch.Tensor, context: UNetContext,
+                     all_rows: bool = False) -> torch.Tensor:
+        """Attention probabilities with the region bias: q (B, H, N, d), k (B, H, T, d) ->
+        (B, H, N, T) in q's dtype; N = h * w of `context.grid`. The bias goes to the rows named
+        by `context.region_rows`, or to every row of q when `all_rows` (q already selected)."""
         if context.grid is None:
             raise ValueError("RegionCrossAttention needs the layer's grid: call context.at_grid(h, w)")
-        q, k, v = self.project(x, context)
         # Unscaled scores in float32: the weight functions use their max/std, and fp16 scores
         # of real SD layers overflow once multiplied by a bias of the same magnitude.
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2))  # (B, H, N, T)
+        compute = torch.promote_types(q.dtype, torch.float32)
+        scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))  # (B, H, N, T)
         rows = context.region_rows
         if rows is None:
             rows = torch.arange(scores.shape[0], device=scores.device)
-        sigma = context.sigma.to(scores.device, torch.float32)[rows]
-        bias = context.regions.bias(scores[rows], sigma, context.grid)
-        scores = scores.index_add(0, rows, bias.expand_as(scores[rows]))
-        probs = (scores * self.scale).softmax(dim=-1).to(v.dtype)
-        return self.merge(torch.matmul(probs, v))
+        sigma = context.sigma.to(scores.device, compute)[rows]
+        if all_rows:
+            scores = scores + context.regions.bias(scores, sigma, context.grid)
+        else:
+            bias = context.regions.bias(scores[rows], sigma, context.grid)
+            scores = scores.index_add(0, rows, bias.expand_as(scores[rows]))
+        return (scores * self.scale).softmax(dim=-1).to(q.dtype)
