@@ -1,0 +1,119 @@
+"""Classifier-free guidance around the UNet, and the k-diffusion denoiser D(x, sigma) on top.
+
+`CFGEpsModel` is the only place that calls the UNet: one call on the concatenated
+[uncond; cond] batch (Ho & Salimans 2021, "Classifier-Free Diffusion Guidance"), with the
+current sigma and the region weights handed to the UNet in a `UNetContext`. The k-samplers use
+it through `KDenoiser` (sigma space, Karras et al. 2022); DDIM and PLMS call it directly in
+timestep space. So guidance and the region hook live in one place for every sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..conditioning import UNetContext
+from .errors import InvalidSamplerArgumentError
+from .schedules import DiscreteSchedule
+
+
+def model_dtype(model: Any) -> torch.dtype | None:
+    """Floating dtype of the model's first parameter (fp16/bf16/fp32), or None if it has none."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    p = next(iter(params()), None)
+    return p.dtype if p is not None and p.is_floating_point() else None
+
+
+def _rows(t: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    # One embedding row may serve a whole batch (the same prompt for every seed).
+    if t.shape[0] == n:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:])
+    raise InvalidSamplerArgumentError(
+        f"{what} has {t.shape[0]} rows for a batch of {n} images: give 1 or {n} rows"
+    )
+
+
+class CFGEpsModel:
+    """eps(x_in, t, sigma) of a CompVis-style model with batched classifier-free guidance.
+
+    model: has `apply_model(x (B,4,h,w), t (B,), cond) -> eps (B,4,h,w)`.
+    Call: x_in (n,4,h,w) the UNet input (already scaled: x_t in DDPM terms), t (n,) float
+    timesteps, sigma (n,) the k-diffusion noise level of this call (for the region attention),
+    cond (n or 1, 77, C), uncond (n or 1, 77, C) or None, regions (opaque, forwarded).
+    Returns eps (n,4,h,w) in x_in's dtype: eps_u + guidance_scale * (eps_c - eps_u).
+
+    With guidance_scale == 1 or uncond None only the cond half runs (half the UNet work).
+    The UNet input is cast to the model's parameter dtype (fp16/bf16 on CUDA) and eps back.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.dtype = model_dtype(model)
+
+    def __call__(
+        self,
+        x_in: torch.Tensor,
+        t: torch.Tensor,
+        sigma: torch.Tensor,
+        *,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        regions: Any = None,
+    ) -> torch.Tensor:
+        n, state_dtype = x_in.shape[0], x_in.dtype
+        cond = _rows(cond, n, "cond")
+        guided = uncond is not None and guidance_scale != 1.0
+        if guided:
+            uncond = _rows(uncond, n, "uncond")
+            x_in, t, sigma = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([sigma, sigma])
+            embeddings = torch.cat([uncond, cond])
+            region_rows = torch.arange(n, 2 * n, device=x_in.device)  # regions bias cond rows only
+        else:
+            embeddings = cond
+            region_rows = torch.arange(n, device=x_in.device)
+        if self.dtype is not None:
+            x_in, embeddings = x_in.to(self.dtype), embeddings.to(self.dtype)
+        context = UNetContext(
+            embeddings=embeddings, sigma=sigma, regions=regions, region_rows=region_rows
+        )
+        eps = self.model.apply_model(x_in, t, context).to(state_dtype)
+        if not guided:
+            return eps
+        eps_uncond, eps_cond = eps.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+class KDenoiser(nn.Module):
+    """k-diffusion denoiser D(x, sigma) of an eps-prediction model (`DiscreteEpsDDPMDenoiser`).
+
+    D(x, sigma) = x + c_out * eps(c_in * x, t(sigma), sigma), c_in = 1/sqrt(sigma^2 + 1),
+    c_out = -sigma (Karras et al. 2022, Table 1, "VP" column in sigma parametrisation).
+    x (n,4,h,w) in sigma space (x_sigma = x_0 + sigma * noise), sigma (n,); keyword arguments
+    (cond, uncond, guidance_scale, regions) go to the eps model. Returns x_0 estimate (n,4,h,w).
+    """
+
+    def __init__(self, eps_model: CFGEpsModel, schedule: DiscreteSchedule) -> None:
+        super().__init__()
+        self.eps_model = eps_model
+        self.schedule = schedule
+        self.sigma_data = 1.0
+
+    def get_scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_out, c_in), each shaped like sigma."""
+        c_out = -sigma
+        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        return c_out, c_in
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """(n,4,h,w), (n,) -> denoised (n,4,h,w)."""
+        c_out, c_in = (c.view(-1, *([1] * (x.ndim - 1))) for c in self.get_scalings(sigma))
+        t = self.schedule.sigma_to_t(sigma).to(sigma.dtype)
+        eps = self.eps_model(x * c_in, t, sigma, **kwargs)
+        return x + eps * c_out
