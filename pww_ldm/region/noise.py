@@ -19,12 +19,11 @@ from .parse import Region
 
 
 def seeded_noise(seed: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(n, *shape) float32 CPU noise; image i from torch.Generator('cpu').manual_seed(seed + i)."""
-    out = torch.empty(n, *shape)
-    for i in range(n):
-        generator = torch.Generator("cpu").manual_seed(seed + i)
-        out[i] = torch.randn(shape, generator=generator)
-    return out
+    """(n, *shape) float32 CPU noise from torch.Generator('cpu').manual_seed(seed), the same for
+    every image: a region seed pins that region's noise across a batch (the painted thing stays
+    while the rest varies with seed, seed+1, ...), and a batch still equals its single runs."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator).expand(n, *shape).clone()
 
 
 def region_noise(
