@@ -13,5 +13,5 @@ from .samplers.registry import sampler_names
 tune_malloc()  # cheap, once per process: see pww_ldm.allocator for why
 
 __all__ = ["RegionContext", "generate", "img2img", "load_color_context",
-           "load_model", "paint_with_words", "parse_color_context", "txt2img"]
+           "load_model", "paint_with_words", "parse_color_context", "sampler_names", "txt2img"]
 __version__ = "0.1.0"

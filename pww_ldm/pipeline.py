@@ -140,7 +140,7 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
                                   height=height, tokenizer=model.cond_stage_model.tokenizer,
                                   weight_function=weight_function, weight_scale=weight_scale,
                                   resample=resample, strict=strict)
-    described = [{"color": "#%02x%02x%02x" % r.color, "label": r.label, "weight": r.weight,
+    described = [{"color": "#{:02x}{:02x}{:02x}".format(*r.color), "label": r.label, "weight": r.weight,
                   **({"seed": r.seed} if r.seed is not None else {}),
                   **({"blur": r.blur} if r.blur else {})} for r in regions.regions]
     fn_name = weight_function if isinstance(weight_function, str) else "custom"

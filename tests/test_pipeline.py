@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import save_config, tiny_config, tiny_model, write_checkpoint
 
 import pww_ldm
 from pww_ldm.images import ImageSizeError
-from tiny import save_config, tiny_config, tiny_model, write_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of a cat and a dog"
@@ -76,7 +76,7 @@ def test_bad_sizes_are_refused(model):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, model):
     folder = tmp_path_factory.mktemp("ckpt")
-    path = write_checkpoint(model, folder / "tiny.ckpt")
+    write_checkpoint(model, folder / "tiny.ckpt")
     save_config(tiny_config(), folder / "tiny.yaml")
     color_map().save(folder / "map.png")
     (folder / "ctx.json").write_text(json.dumps([{"color": "#ff0000", "label": "cat", "weight": 1},

@@ -69,7 +69,8 @@ def write_checkpoint(model, path: Path, *, lightning: bool = True, ema: bool = T
     if ema:
         for k, v in list(sd.items()):
             if k.startswith("model.diffusion_model."):
-                sd["model_ema." + k[len("model."):].replace(".", "")] = v + ema_offset if ema_offset else v.clone()
+                ema_key = "model_ema." + k[len("model."):].replace(".", "")
+                sd[ema_key] = v + ema_offset if ema_offset else v.clone()
         sd["model_ema.decay"] = torch.tensor(0.9999)
         sd["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
     path = Path(path)
