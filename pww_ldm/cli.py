@@ -73,6 +73,8 @@ def build_parser(img2img: bool) -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--attention", choices=KERNELS, default="auto", help="attention kernel")
     p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (slow first image, faster steps after)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--color-map", type=str, default=None, help="painted colour map image")
     p.add_argument("--color-context", type=str, default=None,
@@ -142,7 +144,8 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     started = time.perf_counter()
     model = pww_ldm.load_model(args.ckpt, config=args.config, device=args.device,
                                dtype=_precision(args), use_ema=args.use_ema,
-                               attention=args.attention, channels_last=args.channels_last)
+                               attention=args.attention, channels_last=args.channels_last,
+                               compile=args.compile)
     color_map = None if args.no_pww or args.color_map is None else Image.open(args.color_map)
     context = None if color_map is None else load_color_context(args.color_context)
     init = Image.open(args.init_img) if img2img else None

@@ -118,13 +118,14 @@ def default_device() -> torch.device:
 def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.device | None = None,
                dtype: torch.dtype | str | None = None, use_ema: bool = False,
                attention: str = "auto", vae_dtype: torch.dtype | str | None = None,
-               channels_last: bool = False) -> LatentDiffusion:
+               channels_last: bool = False, compile: bool = False) -> LatentDiffusion:
     """Load an SD v1 checkpoint into a LatentDiffusion in eval mode.
 
     path: .ckpt or .safetensors (Lightning checkpoints too). config: a path, an OmegaConf/dict
     config, or None (see module doc). dtype: of the UNet and text encoder; default float32 on
     CPU, float16 on CUDA. vae_dtype: default float32 everywhere (fp16 SD VAEs can decode to NaN).
     attention: kernel name (auto, sdpa, xformers, math). The schedule stays float32.
+    compile: torch.compile the UNet in place (keys unchanged; the first call is slow).
     """
     path = Path(path)
     device = torch.device(device) if device is not None else default_device()
@@ -152,6 +153,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
         model.model.to(memory_format=torch.channels_last)
     set_attention_kernel(model, attention)
     model.eval().requires_grad_(False)
+    if compile:
+        model.model.diffusion_model.compile()
     return model
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from .checkpoint import ArchitectureMismatchError
 from .images import check_size, from_pil, to_pil
 from .models.latent_diffusion import LatentDiffusion
+from .models.unet import Downsample
 from .region import RegionContext
 from .samplers.noise import initial_noise
 from .samplers.registry import get_sampler
@@ -30,6 +31,17 @@ LATENT_FACTOR = 8  # SD's VAE downsamples by 8
 def resolve_seed(seed: int | None) -> int:
     """None or -1 (A1111's "random") -> a fresh random seed; anything else unchanged."""
     return secrets.randbelow(2**32) if seed is None or seed == -1 else int(seed)
+
+
+def attention_grids(model: LatentDiffusion, h: int, w: int) -> list[tuple[int, int]]:
+    """The (h, w) grids of the UNet levels for an h x w latent: each level halves, rounding up
+    (stride-2 convs with padding 1)."""
+    unet = model.model.diffusion_model
+    grids = [(h, w)]
+    for _ in range(sum(isinstance(m, Downsample) for m in unet.modules())):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        grids.append((h, w))
+    return grids
 
 
 def _parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, Any]) -> str:
@@ -69,6 +81,9 @@ def generate(model: LatentDiffusion, prompt: str, *, negative_prompt: str = "", 
     uncond = model.get_learned_conditioning([negative_prompt]) if guidance_scale != 1.0 else None
     active = regions if regions is not None and regions.is_active else None
 
+    if active is not None:
+        active.prepare(attention_grids(model, shape[1], shape[2]), device,
+                       torch.promote_types(model.unet_dtype, torch.float32))
     noise = None
     if regions is not None and any(r.seed is not None for r in regions.regions):
         noise = regions.initial_noise(initial_noise(seeds, shape, device=device))

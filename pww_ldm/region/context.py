@@ -157,6 +157,13 @@ class RegionContext:
                 out[i][:, list(positions)] += region.weight * cells  # overlapping regions add up
         return out
 
+    def prepare(self, grids: Sequence[tuple[int, int]], device: torch.device | str,
+                dtype: torch.dtype = torch.float32) -> None:
+        """Compute the weight maps of these (h, w) grids now, so no sampling step (and no
+        torch.compile trace) ever resamples a mask."""
+        for h, w in grids:
+            self.weight_map(h, w, device, dtype)
+
     def bias(self, qk: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Bias for the unscaled scores qk (n, heads, h*w, 77) of the rows the regions apply to.
 
