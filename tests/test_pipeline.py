@@ -137,3 +137,14 @@ def test_script_errors_exit_2_with_one_line_and_no_files(tiny_ckpt, tmp_path, ex
     assert out.stderr.startswith("error: ") and message in out.stderr
     assert "Traceback" not in out.stderr
     assert not list((tmp_path / "o").rglob("*.png"))
+
+
+def test_bf16_weights_give_nearly_the_fp32_image(tiny_ckpt):
+    ctx = {(255, 0, 0): "cat,1.5", "#0000ff": "dog,1.0"}
+    images = []
+    for dtype in ("fp32", "bf16"):
+        model = pww_ldm.load_model(tiny_ckpt / "tiny.ckpt", device="cpu", dtype=dtype)
+        images.append(np.asarray(pww_ldm.paint_with_words(model, PROMPT, color_map(), ctx, **KW)[0],
+                                 np.float64))
+    psnr = 10 * np.log10(255.0 ** 2 / ((images[0] - images[1]) ** 2).mean())
+    assert 30 < psnr < 100  # close, and not identical: the bf16 path really ran

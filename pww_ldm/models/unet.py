@@ -23,7 +23,10 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, ...) -> same shape and dtype."""
         compute = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
-        return super().forward(x.to(compute)).type(x.dtype)
+        weight = None if self.weight is None else self.weight.to(compute)
+        bias = None if self.bias is None else self.bias.to(compute)
+        out = F.group_norm(x.to(compute), self.num_groups, weight, bias, self.eps)
+        return out.type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:
