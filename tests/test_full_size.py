@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-
 from oracle import diffusers_unet
+from tiny import randomize_, write_checkpoint
+
 from pww_ldm.config import instantiate_from_config
 from pww_ldm.loading import default_v1_config, load_model
-from tiny import randomize_, write_checkpoint
 
 pytestmark = pytest.mark.slow
 

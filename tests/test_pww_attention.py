@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import randomize_, tiny_config
 
 from pww_ldm.conditioning import UNetContext
 from pww_ldm.config import instantiate_from_config
 from pww_ldm.region import RegionContext
 from pww_ldm.region.attention import RegionCrossAttention
-from tiny import randomize_, tiny_config
 
 PROMPT = "a photo of a cat and a dog"
 CAT_POSITION = 5  # "a photo of a cat" -> BOS 320 1125 539 320 2368: "cat" is token 5

@@ -3,7 +3,6 @@
 import torch
 
 from pww_ldm.region import Region, region_noise, resample_mask
-from pww_ldm.region.noise import seeded_noise
 
 LATENT = (4, 6)  # 32 x 48 px
 
