@@ -1,0 +1,174 @@
+"""Does Paint-with-Words put the right thing in the right place? A benchmark on the demo model.
+
+Held-out layouts of 2-3 shapes (pww_ldm.train.shapes, a seed the training never used) are drawn;
+each object's silhouette is painted in its own colour in the colour map, with the colour context
+{object colour: "red circle,1.0"}. Each layout is generated with and without PwW from the same
+seed, and every output is segmented by colour (each pixel to the nearest palette colour). Per
+object: IoU of its colour's pixels with its painted region, whether their centroid lies inside
+the region, the fraction of them inside the region (extra copies elsewhere lower it) and recall
+(the object is drawn at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .shapes import BACKGROUNDS, COLORS, Layout, caption, render_layout, sample_layout
+
+PALETTE = np.array(list(COLORS.values()) + [c for _, top, bottom in BACKGROUNDS.values()
+                                            for c in (top, bottom)], np.float32)
+MAP_BACKGROUND = (255, 255, 255)  # unpainted pixels of the colour map (no region)
+
+
+@dataclass
+class Condition:
+    """One way of generating: no PwW (weight_function None) or a weight function and scale."""
+
+    name: str
+    weight_function: str | None = None
+    weight_scale: float | None = None
+    scores: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """Means over all objects of each per-object score."""
+        keys = self.scores[0].keys() if self.scores else ()
+        return {k: float(np.mean([s[k] for s in self.scores])) for k in keys}
+
+
+def color_map(layout: Layout, size: int) -> tuple[Image.Image, dict[tuple, str], list[np.ndarray]]:
+    """(map image, colour context, painted masks): each object's visible silhouette in its colour."""
+    _, masks = render_layout(layout, size)
+    rgb = np.zeros((size, size, 3), np.uint8) + np.array(MAP_BACKGROUND, np.uint8)
+    context = {}
+    for obj, mask in zip(layout.objects, masks, strict=True):
+        rgb[mask] = COLORS[obj.color]
+        context[COLORS[obj.color]] = f"{obj.label},1.0"
+    return Image.fromarray(rgb), context, masks
+
+
+def segment(image: Image.Image, color: tuple[int, int, int], max_distance: float = 90.0) -> np.ndarray:
+    """(H, W) bool: pixels whose nearest palette colour is `color` (and within max_distance)."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    dist = np.linalg.norm(rgb[:, :, None, :] - PALETTE[None, None], axis=-1)  # (H, W, P)
+    nearest = dist.argmin(-1)
+    index = int(np.flatnonzero((PALETTE == np.array(color, np.float32)).all(1))[0])
+    return (nearest == index) & (dist[..., index] <= max_distance)
+
+
+def score_object(pred: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Scores of one object: pred and region (H, W) bool -> iou, centre_inside, inside, recall."""
+    inter = float((pred & region).sum())
+    union = float((pred | region).sum())
+    area = float(pred.sum())
+    present = area >= max(40.0, 0.1 * float(region.sum()))
+    centre_inside = 0.0
+    if present:
+        ys, xs = np.nonzero(pred)
+        centre_inside = float(region[int(round(ys.mean() - 0.5)), int(round(xs.mean() - 0.5))])
+    return {"iou": inter / union if union else 0.0, "centre_inside": centre_inside,
+            "inside_fraction": inter / area if area else 0.0, "recall": float(present)}
+
+
+def default_conditions() -> list[Condition]:
+    """No PwW, then each built-in weight function at its default scale and multiples of it."""
+    conds = [Condition("no PwW")]
+    for fn, base in (("max", 0.1), ("std", 1.0), ("log2_std", 1.0)):
+        for mult in (1, 2, 4, 8):
+            conds.append(Condition(f"{fn} x{base * mult:g}", fn, base * mult))
+    return conds
+
+
+def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128, steps: int = 30,
+             guidance_scale: float = 7.5, sampler: str = "euler_a",
+             conditions: list[Condition] | None = None, n_examples: int = 6,
+             log: Any = print) -> tuple[list[Condition], list[list[Image.Image]]]:
+    """Run the benchmark; returns the conditions with their scores and figure rows.
+
+    Layout i uses np.random.default_rng([seed, i]) and generation seed seed + i for every
+    condition. Figure rows: [target render, colour map, one output per condition].
+    """
+    import pww_ldm
+
+    conditions = conditions or default_conditions()
+    rows = []
+    t0 = time.time()
+    for i in range(n_layouts):
+        rng = np.random.default_rng([seed, i])
+        layout = sample_layout(rng, size, n_objects=2 + i % 2, max_overlap=0.0)
+        prompt = caption(layout, rng)
+        cmap, context, masks = color_map(layout, size)
+        row = [Image.fromarray(render_layout(layout, size)[0]), cmap]
+        for cond in conditions:
+            common = dict(steps=steps, guidance_scale=guidance_scale, seed=seed + i,
+                          sampler=sampler, width=size, height=size, progress=False)
+            if cond.weight_function is None:
+                image = pww_ldm.txt2img(model, prompt, **common)[0]
+            else:
+                image = pww_ldm.paint_with_words(model, prompt, cmap, context,
+                                                 weight_function=cond.weight_function,
+                                                 weight_scale=cond.weight_scale, **common)[0]
+            for obj, mask in zip(layout.objects, masks, strict=True):
+                cond.scores.append(score_object(segment(image, COLORS[obj.color]), mask))
+            row.append(image)
+        if i < n_examples:
+            rows.append(row)
+        log(f"layout {i + 1}/{n_layouts} ({time.time() - t0:.0f} s): {prompt}")
+    return conditions, rows
+
+
+def markdown_table(conditions: list[Condition]) -> str:
+    """A markdown table: one row per condition, mean scores over all objects."""
+    lines = ["| condition | mean IoU | centre inside | inside fraction | recall |",
+             "| --- | --- | --- | --- | --- |"]
+    for c in conditions:
+        s = c.summary()
+        lines.append(f"| {c.name} | {s['iou']:.3f} | {s['centre_inside']:.3f} | "
+                     f"{s['inside_fraction']:.3f} | {s['recall']:.3f} |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[list[Image.Image]], names: list[str], size: int = 128) -> Image.Image:
+    """A grid PNG: rows of [target, map, outputs...], column names written above."""
+    from PIL import ImageDraw
+
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * size, 16 + len(rows) * size), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(["target", "colour map", *names][:cols]):
+        draw.text((j * size + 3, 2), name, fill=(0, 0, 0))
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            grid.paste(image.convert("RGB").resize((size, size)), (j * size, 16 + i * size))
+    return grid
+
+
+def write_results(conditions: list[Condition], rows: list[list[Image.Image]], out_dir: Path,
+                  settings: dict[str, Any], stem: str = "eval_regions") -> dict[str, Path]:
+    """Write <stem>.md, <stem>.json and <stem>.png under out_dir (temporary name, then rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(conditions)
+    md = (f"# Paint-with-Words region benchmark (demo model)\n\n"
+          f"Settings: `{json.dumps(settings)}`\n\n{table}\n\n"
+          "Per object, over all held-out layouts: IoU of the pixels of the object's colour with its "
+          "painted region; centre inside = the centroid of those pixels lies in the region; inside "
+          "fraction = share of those pixels inside the region; recall = the object was drawn.\n")
+    data = {"settings": settings,
+            "conditions": [{**{k: v for k, v in asdict(c).items() if k != "scores"},
+                            "summary": c.summary(), "per_object": c.scores} for c in conditions]}
+    paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json",
+             "png": out_dir / f"{stem}.png"}
+    writers = {"md": lambda p: p.write_text(md), "json": lambda p: p.write_text(json.dumps(data, indent=1)),
+               "png": lambda p: figure(rows, [c.name for c in conditions]).save(p, format="PNG")}
+    for key, path in paths.items():
+        tmp = path.with_name(path.name + ".tmp")
+        writers[key](tmp)
+        os.replace(tmp, path)
+    return paths

@@ -1,0 +1,137 @@
+"""The demo-model training: data set, both Lightning stages on a tiny config, export, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import pww_ldm
+from pww_ldm.train import run
+from pww_ldm.train.eval_regions import color_map, score_object, segment
+from pww_ldm.train.shapes import (
+    COLORS,
+    POSITION_WORDS,
+    SHAPES,
+    Layout,
+    ShapeObject,
+    ShapesDataset,
+    render_layout,
+    sample_layout,
+)
+
+DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo"
+
+
+def tiny_configs(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo configs shrunk: 32 px images, VAE factor 2, UNet 32 channels, CLIP width 32."""
+    ae = OmegaConf.load(DEMO / "autoencoder.yaml")
+    ldm = OmegaConf.load(DEMO / "ldm.yaml")
+    dd = dict(ch=32, ch_mult=[1, 2], resolution=32, num_res_blocks=1)
+    for cfg in (ae.model.params.ddconfig, ldm.model.params.first_stage_config.params.ddconfig):
+        cfg.update(dd)
+    for cfg in (ae, ldm):
+        cfg.data.params.size = 32
+        cfg.data.batch_size = 2
+        cfg.data.num_workers = 0
+        cfg.lightning.trainer.log_every_n_steps = 1
+    unet = ldm.model.params.unet_config.params
+    unet.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, num_head_channels=16,
+                context_dim=32, image_size=16)
+    ldm.model.params.cond_stage_config.params.config = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        projection_dim=32)
+    paths = tmp_path / "ae.yaml", tmp_path / "ldm.yaml"
+    OmegaConf.save(ae, paths[0])
+    OmegaConf.save(ldm, paths[1])
+    return paths
+
+
+def _ckpt_state(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["global_step"], ckpt["state_dict"]
+
+
+def test_two_stages_train_export_and_load(tmp_path: Path) -> None:
+    ae_cfg, ldm_cfg = tiny_configs(tmp_path)
+    out, export = tmp_path / "run", tmp_path / "export"
+    common = ["--ae-config", str(ae_cfg), "--ldm-config", str(ldm_cfg), "--out", str(out),
+              "--export-dir", str(export), "--accelerator", "cpu", "--minutes", "5",
+              "--threads", str(torch.get_num_threads())]
+    summary = run.main([*common, "--max-steps", "2"])
+    assert math.isfinite(summary["autoencoder_loss"]) and math.isfinite(summary["ldm_loss"])
+    assert sorted(p.name for p in export.iterdir()) == ["model.safetensors", "model.yaml"]
+
+    model = pww_ldm.load_model(export / "model.safetensors", device="cpu")
+    assert model.scale_factor == pytest.approx(summary["scale_factor"]) and model.scale_factor != 1.0
+    step, state = _ckpt_state(out / "ldm" / "last.ckpt")
+    assert step == 2
+    expected = {}
+    for key, value in state.items():
+        for old, new in (("ema_unet.", "model."), ("ema_text.", "cond_stage_model."),
+                         ("model.first_stage_model.", "first_stage_model.")):
+            if key.startswith(old):
+                expected[new + key[len(old):]] = value
+    loaded = model.state_dict()
+    for key, value in expected.items():
+        if key in loaded:
+            torch.testing.assert_close(loaded[key], value.half().float(), rtol=0, atol=0)
+    assert set(expected) - set(loaded) <= {k for k in expected if k.endswith("position_ids")}
+    # the EMA copy is what ships: it differs from the live weights after two steps
+    live = state["model.model.diffusion_model.out.2.weight"]
+    assert not torch.equal(loaded["model.diffusion_model.out.2.weight"], live.half().float())
+
+    # resume the autoencoder stage: it continues from step 2
+    run.main([*common, "--stage", "autoencoder", "--resume", "--max-steps", "3"])
+    assert _ckpt_state(out / "autoencoder" / "last.ckpt")[0] == 3
+
+
+def test_dataset_is_deterministic_for_a_seed() -> None:
+    a, b, c = ShapesDataset(64, seed=3), ShapesDataset(64, seed=3), ShapesDataset(64, seed=4)
+    for i in (0, 7, 123):
+        assert torch.equal(a[i]["image"], b[i]["image"]) and a[i]["caption"] == b[i]["caption"]
+    assert any(not torch.equal(a[i]["image"], c[i]["image"]) for i in range(4))
+    item = a[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+
+
+def test_captions_name_objects_never_positions() -> None:
+    ds = ShapesDataset(128, seed=0)
+    for i in range(400):
+        layout, text = ds.layout(i)
+        words = set(text.replace(",", " ").split())
+        assert not words & POSITION_WORDS, text
+        for obj in layout.objects:
+            assert obj.label in text and obj.shape in SHAPES and obj.color in COLORS
+        assert len({o.color for o in layout.objects}) == len(layout.objects)
+
+
+def test_render_layout_masks_and_segmentation() -> None:
+    layout = Layout((ShapeObject("square", "red", (10, 10, 50, 50)),
+                     ShapeObject("circle", "blue", (70, 70, 110, 110))), "white")
+    image, masks = render_layout(layout, 128)
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+    assert tuple(image[30, 30]) == COLORS["red"] and tuple(image[90, 90]) == COLORS["blue"]
+    assert masks[0][30, 30] and not masks[0][90, 90] and masks[1][90, 90]
+    cmap, context, painted = color_map(layout, 128)
+    assert context == {COLORS["red"]: "red square,1.0", COLORS["blue"]: "blue circle,1.0"}
+    from PIL import Image
+
+    pred = segment(Image.fromarray(image), COLORS["red"])
+    scores = score_object(pred, painted[0])
+    assert scores["iou"] > 0.95 and scores["centre_inside"] == 1.0 and scores["recall"] == 1.0
+
+
+def test_sample_layout_respects_overlap_and_bounds() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        layout = sample_layout(rng, 128, n_objects=3, max_overlap=0.0)
+        _, masks = render_layout(layout, 128)
+        for obj, mask in zip(layout.objects, masks, strict=True):
+            x0, y0, x1, y1 = obj.box
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and mask.any()
