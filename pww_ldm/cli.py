@@ -105,7 +105,8 @@ def _demo_defaults(args: argparse.Namespace) -> dict[str, Any]:
     demo = json.loads((DEMO_DIR / "demo.json").read_text())
     return {"prompt": demo["prompt"], "color_map": str(DEMO_DIR / demo["color_map"]),
             "color_context": json.dumps(demo["color_context"]),
-            "steps": demo.get("steps"), "scale": demo.get("scale"), "sampler": demo.get("sampler")}
+            "steps": demo.get("steps"), "scale": demo.get("scale"), "sampler": demo.get("sampler"),
+            "weight_function": demo.get("weight_function"), "weight_scale": demo.get("weight_scale")}
 
 
 def resolve_defaults(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
@@ -119,7 +120,9 @@ def resolve_defaults(args: argparse.Namespace, argv: list[str]) -> argparse.Name
             for key in ("prompt", "color_map", "color_context"):
                 if getattr(args, key) is None:
                     setattr(args, key, demo[key])
-            for key, flag in (("steps", "--steps"), ("scale", "--scale"), ("sampler", "--sampler")):
+            for key, flag in (("steps", "--steps"), ("scale", "--scale"), ("sampler", "--sampler"),
+                              ("weight_function", "--weight-function"),
+                              ("weight_scale", "--weight-scale")):
                 if demo[key] is not None and flag not in given:
                     setattr(args, key, demo[key])
         else:
@@ -168,7 +171,8 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
             count += 1
         all_images.extend(images)
         if args.compare and color_map is not None:
-            plain = _generate(pww_ldm, model, args, None, None, batch_seed, common)
+            same_size = dict(common, width=images[0].width, height=images[0].height)
+            plain = _generate(pww_ldm, model, args, None, None, batch_seed, same_size)
             panels = [color_map.convert("RGB").resize(images[0].size, Image.NEAREST), plain[0], images[0]]
             written.append(save_png(image_grid(panels), outdir / f"compare-{count - 1:05}.png",
                                     images[0].info["parameters"]))
