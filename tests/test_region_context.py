@@ -271,3 +271,21 @@ def test_blur_softens_the_mask() -> None:
     mask = ctx.regions[0].mask
     assert 0 < mask[0, 31].item() < 0.5 < mask[0, 32].item() < 1
     assert torch.allclose(mask[:, 42:], torch.ones(64, 22)) and mask[:, :22].eq(0).all()
+
+
+def test_outside_weight_fills_the_rest_of_the_image(tokenizer) -> None:
+    height, width = 64, 96
+    rgb = hand_map(height, width)
+    records = [{"color": "#ff0000", "label": "cat", "weight": 2.0, "outside": -0.5}]
+    ctx = RegionContext.build(PROMPT, Image.fromarray(rgb), records, width=width, height=height,
+                              tokenizer=tokenizer)
+    cells = torch.tensor(hand_cells((rgb == RED).all(-1), (8, 12), 8), dtype=torch.float32)
+    expected = 2.0 * cells - 0.5 * (1 - cells)
+    got = ctx.weight_map(8, 12, "cpu")[0]
+    assert torch.allclose(got[:, CAT_COLUMNS[0]], expected.flatten())
+    assert (got[:, CAT_COLUMNS[0]] < 0).any() and ctx.is_active
+    others = [c for c in range(77) if c not in CAT_COLUMNS]
+    assert not got[:, others].any()
+    only_outside = RegionContext.build(PROMPT, Image.fromarray(rgb), [dict(records[0], weight=0)],
+                                       width=width, height=height, tokenizer=tokenizer)
+    assert only_outside.is_active

@@ -124,7 +124,9 @@ class RegionContext:
 
         Seeds act through `initial_noise` whether or not the context is active.
         """
-        return any(r.weight != 0 and r.mask is not None and r.mask.any() for r in self.regions)
+        return any(r.mask is not None and ((r.weight != 0 and r.mask.any())
+                                           or (r.outside != 0 and not r.mask.all()))
+                   for r in self.regions)
 
     def weight_map(
         self,
@@ -150,11 +152,12 @@ class RegionContext:
         out = torch.zeros(self.n_images, h * w, N_TOKENS)
         level = grid_level(self.height, self.width, (h, w)) if self.resample == "area" else None
         for region in self.regions:
-            if region.weight == 0 or region.mask is None:
+            if (region.weight == 0 and region.outside == 0) or region.mask is None:
                 continue
             cells = resample_mask(region.mask, (h, w), self.resample, level).reshape(-1, 1)
+            weights = region.weight * cells + region.outside * (1 - cells)
             for i, positions in enumerate(region.token_positions):
-                out[i][:, list(positions)] += region.weight * cells  # overlapping regions add up
+                out[i][:, list(positions)] += weights  # overlapping regions add up
         return out
 
     def prepare(self, grids: Sequence[tuple[int, int]], device: torch.device | str,

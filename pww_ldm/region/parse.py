@@ -7,7 +7,7 @@ Two forms, both giving a list of `Region`:
   the LAST comma-separated fields that are numbers are the options, so labels may contain commas
   ("a cat, sleeping,1.5" -> label "a cat, sleeping", weight 1.5) and a bare label means weight 1;
 - a list of records ``{"color": "#rrggbb", "label": ..., "weight": 1.0, "seed": null, "blur": 0,
-  "occurrence": null}``, the form for JSON / YAML files.
+  "occurrence": null, "outside": 0}``, the form for JSON / YAML files.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .errors import ColorContextSyntaxError
 Color = tuple[int, int, int]
 
 STRING_FORM = '"label,weight" or "label,weight,seed" or "label,weight,seed,blur_sigma"'
-RECORD_KEYS = ("color", "label", "weight", "seed", "blur", "occurrence")
+RECORD_KEYS = ("color", "label", "weight", "seed", "blur", "occurrence", "outside")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _RGB_TEXT = re.compile(r"\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\)?")
 
@@ -40,7 +40,8 @@ class Region:
     color: (r, g, b) of the map. label: the phrase. weight: signed strength (negative suppresses).
     seed: initial-noise seed inside the region, None = the global seed. blur: Gaussian sigma in
     pixels applied to the mask (0 = hard edges). occurrence: 1-based occurrence of the label in the
-    prompt, None = all. token_positions: filled by RegionContext, one tuple per image of 1-based
+    prompt, None = all. outside: weight of the label everywhere the region does NOT paint
+    (negative keeps the thing out of the rest of the image; 0 = no effect). token_positions: filled by RegionContext, one tuple per image of 1-based
     positions in the 77-token sequence (BOS is 0). mask: filled by RegionContext, (H, W) float in
     [0, 1] at image resolution, blur applied.
     """
@@ -51,6 +52,7 @@ class Region:
     seed: int | None = None
     blur: float = 0.0
     occurrence: int | None = None
+    outside: float = 0.0
     token_positions: tuple[tuple[int, ...], ...] = ()
     mask: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
@@ -134,7 +136,8 @@ def parse_region_string(color: Color, text: str) -> Region:
 
 
 def parse_region_record(record: Mapping[str, Any], index: int = 0) -> Region:
-    """Region from a structured record (keys: color, label, weight, seed, blur, occurrence)."""
+    """Region from a structured record (keys: color, label, weight, seed, blur, occurrence,
+    outside)."""
     where = f"region #{index + 1}"
     unknown = sorted(set(record) - set(RECORD_KEYS))
     if unknown:
@@ -159,6 +162,7 @@ def parse_region_record(record: Mapping[str, Any], index: int = 0) -> Region:
         seed=_seed(record.get("seed"), where),
         blur=_finite(record.get("blur") or 0.0, "blur", where, minimum=0.0),
         occurrence=occurrence,
+        outside=_finite(record.get("outside") or 0.0, "outside", where),
     )
 
 

@@ -35,6 +35,7 @@ class Condition:
     name: str
     weight_function: str | None = None
     weight_scale: float | None = None
+    outside: float = 0.0  # each object's weight outside its region (negative pushes it out)
     scores: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
@@ -43,14 +44,17 @@ class Condition:
         return {k: float(np.mean([s[k] for s in self.scores])) for k in keys}
 
 
-def color_map(layout: Layout, size: int) -> tuple[Image.Image, dict[tuple, str], list[np.ndarray]]:
-    """(map image, colour context, painted masks): each object's visible silhouette in its colour."""
+def color_map(layout: Layout, size: int, outside: float = 0.0
+              ) -> tuple[Image.Image, list[dict], list[np.ndarray]]:
+    """(map image, colour context records, painted masks): each object's visible silhouette in
+    its colour, weight 1 inside and `outside` elsewhere."""
     _, masks = render_layout(layout, size)
     rgb = np.zeros((size, size, 3), np.uint8) + np.array(MAP_BACKGROUND, np.uint8)
-    context = {}
+    context = []
     for obj, mask in zip(layout.objects, masks, strict=True):
         rgb[mask] = COLORS[obj.color]
-        context[COLORS[obj.color]] = f"{obj.label},1.0"
+        context.append({"color": COLORS[obj.color], "label": obj.label, "weight": 1.0,
+                        "outside": outside})
     return Image.fromarray(rgb), context, masks
 
 
@@ -78,11 +82,13 @@ def score_object(pred: np.ndarray, region: np.ndarray) -> dict[str, float]:
 
 
 def default_conditions() -> list[Condition]:
-    """No PwW, then each built-in weight function at its default scale and multiples of it."""
+    """No PwW; each built-in weight function over scales; and the strongest settings with a
+    negative weight outside each object's region."""
     conds = [Condition("no PwW")]
-    for fn, base in (("max", 0.1), ("std", 1.0), ("log2_std", 1.0)):
-        for mult in (1, 2, 4, 8):
-            conds.append(Condition(f"{fn} x{base * mult:g}", fn, base * mult))
+    for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0)), ("log2_std", (2.0,))):
+        conds += [Condition(f"{fn} x{s:g}", fn, s) for s in scales]
+    conds += [Condition("max x1.6, outside -1", "max", 1.6, -1.0),
+              Condition("std x8, outside -1", "std", 8.0, -1.0)]
     return conds
 
 
@@ -104,7 +110,7 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
         rng = np.random.default_rng([seed, i])
         layout = sample_layout(rng, size, n_objects=2 + i % 2, max_overlap=0.0)
         prompt = caption(layout, rng)
-        cmap, context, masks = color_map(layout, size)
+        cmap, _, masks = color_map(layout, size)
         row = [Image.fromarray(render_layout(layout, size)[0]), cmap]
         for cond in conditions:
             common = dict(steps=steps, guidance_scale=guidance_scale, seed=seed + i,
@@ -112,6 +118,7 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
             if cond.weight_function is None:
                 image = pww_ldm.txt2img(model, prompt, **common)[0]
             else:
+                context = color_map(layout, size, cond.outside)[1]
                 image = pww_ldm.paint_with_words(model, prompt, cmap, context,
                                                  weight_function=cond.weight_function,
                                                  weight_scale=cond.weight_scale, **common)[0]
