@@ -1,0 +1,148 @@
+"""The fields of a batch job: each one's check (type, range, names) and default.
+
+Names and defaults are those of `pww_ldm.paint_with_words`, plus `id` and `output` (the output
+name, without .png, relative to the output folder). A check returns the value to use (sampler
+names become canonical snake_case) or raises `Bad` with a reason written for people.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+from ..samplers.errors import SamplerInputError
+from ..samplers.registry import get_sampler
+
+REQUIRED = object()
+
+
+class Bad(ValueError):
+    """A field value that fails its check; the message says why."""
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise Bad(f"must be an integer >= {minimum}, got {v!r}")
+        return v
+    return check
+
+
+def _number(minimum: float | None = None, optional: bool = False) -> Callable[[Any], float | None]:
+    def check(v: Any) -> float | None:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise Bad(f"must be a finite number{' or null' if optional else ''}, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise Bad(f"must be >= {minimum}, got {v!r}")
+        return float(v)
+    return check
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise Bad(f"must be a string, got {v!r}")
+    return v
+
+
+def _nonempty(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise Bad(f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def _seed(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise Bad(f"must be an integer >= 0 (a fixed seed: resume and determinism depend on it), "
+                   f"got {v!r}")
+    return v
+
+
+def _size(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % 8:
+        raise Bad(f"must be a positive multiple of 8 px (or null = from the map), got {v!r}")
+    return v
+
+
+def _sampler(v: Any) -> str:
+    try:
+        return get_sampler(v).name
+    except SamplerInputError as exc:
+        raise Bad(str(exc)) from None
+
+
+def _weight_function(v: Any) -> str:
+    from ..region import WEIGHT_FUNCTIONS
+
+    if v not in WEIGHT_FUNCTIONS:
+        raise Bad(f"unknown weight function {v!r}; valid: {', '.join(WEIGHT_FUNCTIONS)}")
+    return v
+
+
+def _strength(v: Any) -> float:
+    value = _number()(v)
+    if not 0 < value <= 1:
+        raise Bad(f"must be in (0, 1], got {v!r}")
+    return value
+
+
+def _choice(*values: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in values:
+            raise Bad(f"must be one of {list(values)}, got {v!r}")
+        return v
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise Bad(f"must be true or false, got {v!r}")
+    return v
+
+
+def _path(v: Any) -> str | None:
+    if v is None:
+        return None
+    return _nonempty(v)
+
+
+def _context(v: Any) -> Any:
+    if v is None or isinstance(v, (str, dict, list)):
+        return v
+    raise Bad(f"must be a file path, an inline JSON/YAML string, a mapping or a list, got {v!r}")
+
+
+def _output(v: Any) -> str:
+    name = _nonempty(v)
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or ":" in name or name.endswith(".png"):
+        raise Bad(f"must be a relative name inside the output folder, without '..' or '.png', "
+                   f"got {v!r}")
+    return name
+
+
+# field -> (check, default). Names are those of paint_with_words.
+FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "id": (_nonempty, None), "output": (_output, None), "prompt": (_text, REQUIRED),
+    "seed": (_seed, REQUIRED), "negative_prompt": (_text, ""), "color_map": (_path, None),
+    "color_context": (_context, None), "sampler": (_sampler, "euler_a"), "steps": (_int(1), 30),
+    "guidance_scale": (_number(), 7.5), "weight_function": (_weight_function, "max"),
+    "weight_scale": (_number(optional=True), None), "width": (_size, None),
+    "height": (_size, None), "n_images": (_int(1), 1), "init_image": (_path, None),
+    "strength": (_strength, 0.5), "eta": (_number(0.0, optional=True), None),
+    "resample": (_choice("area", "bilinear"), "area"), "strict": (_bool, True),
+}
+PER_JOB_ONLY = ("id", "output")
+
+
+def unknown_field(name: str) -> str:
+    """The reason for an unknown field name, with the closest valid one."""
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field{hint}; valid fields: {', '.join(FIELDS)}"

@@ -1,0 +1,178 @@
+"""A job's inputs: open its files, fix its size, hash its parameters, check it without a model.
+
+The same `open_inputs` serves validation (before any generation) and the workers (at run time),
+so a job that passed validation reads exactly the bytes it was checked with, and its parameters
+hash covers the contents of its files, not just their names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ..images import ImageSizeError, check_size
+from ..region import (
+    ColorMapError,
+    RegionContext,
+    RegionError,
+    WeightFunctionError,
+    parse_color_context,
+)
+from .jobs import Issue, Job, JobFileError, parse_jobs
+
+CACHE_SIZE = 32  # decoded images kept while validating (jobs often share a map)
+HASH_VERSION = 1  # bump when the meaning of a field changes, so old outputs are redone
+
+
+@dataclass
+class JobInputs:
+    """Decoded inputs of one job: images, parsed regions, resolved size, file digests."""
+
+    color_map: Image.Image | None
+    init_image: Image.Image | None
+    regions: list  # list[Region]
+    width: int
+    height: int
+    digests: dict[str, str | None]
+
+
+class InputFileError(OSError):
+    """A colour map or init image that cannot be read or decoded; `field` names which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _open_image(path: str | None, field: str,
+                cache: dict | None) -> tuple[Image.Image | None, str | None]:
+    """(image, sha256 of the file) with the pixels decoded now; a truncated file fails here."""
+    if path is None:
+        return None, None
+    if cache is not None and path in cache:
+        return cache[path]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except FileNotFoundError:
+        raise InputFileError(field, f"file {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise InputFileError(field, f"{path} is not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises all three on broken files
+        raise InputFileError(field, f"cannot read image {path}: {exc}") from None
+    result = (image, hashlib.sha256(data).hexdigest())
+    if cache is not None:
+        if len(cache) >= CACHE_SIZE:  # bounded: a file of 100k jobs with their own maps
+            cache.pop(next(iter(cache)))
+        cache[path] = result
+    return result
+
+
+def open_inputs(job: Job, cache: dict | None = None) -> JobInputs:
+    """Read and decode the job's colour map, init image and colour context; resolve its size.
+
+    Raises OSError (missing / unreadable image), RegionError (bad colour context) or
+    ImageSizeError. `cache` (path -> decoded image) lets validation open a shared map once.
+    """
+    color_map, map_digest = _open_image(job.color_map, "color_map", cache)
+    init, init_digest = _open_image(job.init_image, "init_image", cache)
+    regions = parse_color_context(job.color_context)  # file path, inline text or data
+    reference = color_map or init
+    width = job.width or (reference.width // 8 * 8 if reference is not None else 512)
+    height = job.height or (reference.height // 8 * 8 if reference is not None else 512)
+    check_size(width, height)
+    return JobInputs(color_map, init, regions, width, height,
+                     {"color_map": map_digest, "init_image": init_digest})
+
+
+def job_hash(job: Job, inputs: JobInputs, model_id: str) -> str:
+    """16 hex digits of sha256 over everything that decides the job's images.
+
+    Covered: the model id, prompt, seed, sampler, steps, scales, size, strength (img2img), eta,
+    weighting, the file contents of map and init image, and the parsed regions. Not covered:
+    the job's id and output name (renaming a job does not redo it).
+    """
+    regions = [{"color": list(r.color), "label": r.label, "weight": r.weight, "seed": r.seed,
+                "blur": r.blur, "occurrence": r.occurrence} for r in inputs.regions]
+    payload = {
+        "v": HASH_VERSION, "model": model_id, "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
+        "steps": job.steps, "guidance_scale": job.guidance_scale, "n_images": job.n_images,
+        "width": inputs.width, "height": inputs.height, "eta": job.eta, "regions": regions,
+        "weight_function": job.weight_function, "weight_scale": job.weight_scale,
+        "resample": job.resample, "strict": job.strict, **inputs.digests,
+        "strength": job.strength if job.init_image is not None else None,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _field_of(exc: Exception) -> str:
+    if isinstance(exc, ColorMapError):
+        return "color_map"
+    if isinstance(exc, WeightFunctionError):
+        return "weight_function"
+    if isinstance(exc, ImageSizeError):
+        return "width"
+    return "color_context"
+
+
+def validate_job_file(path: str | Path, check_inputs: bool = True) -> list[Job]:
+    """Parse the job file and (check_inputs) open every input and check every label.
+
+    Raises JobFileError listing every problem of every job at once, by line.
+    """
+    jobs, issues = parse_jobs(path)
+    if check_inputs:
+        issues += check_job_inputs(jobs)
+    if issues:
+        raise JobFileError(str(path), sorted(issues, key=lambda i: i.line))
+    return jobs
+
+
+def check_job_inputs(jobs: list[Job], tokenizer: Any = None) -> list[Issue]:
+    """Open every job's files and align its labels with its prompt (bundled tokenizer, no model).
+
+    Returns the problems found (empty = all good); colours missing from the map are problems
+    unless the job says strict: false.
+    """
+    if tokenizer is None:
+        from ..models.tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer()
+    issues: list[Issue] = []
+    cache: dict = {}
+    for job in jobs:
+        who = f"job {job.id!r}"
+        line = job.line
+        try:
+            inputs = open_inputs(job, cache)
+        except InputFileError as exc:
+            issues.append(Issue(job.field_lines.get(exc.field, line), who, exc.field,
+                                str(exc).split(": ", 1)[1]))
+            continue
+        except (RegionError, ImageSizeError) as exc:
+            issues.append(Issue(job.field_lines.get(_field_of(exc), line), who, _field_of(exc),
+                                str(exc)))
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                RegionContext.build(job.prompt, inputs.color_map, inputs.regions,
+                                    width=inputs.width, height=inputs.height, tokenizer=tokenizer,
+                                    weight_function=job.weight_function,
+                                    weight_scale=job.weight_scale, resample=job.resample,
+                                    strict=job.strict)
+        except RegionError as exc:
+            name = _field_of(exc)
+            issues.append(Issue(job.field_lines.get(name, line), who, name, str(exc)))
+    return issues
