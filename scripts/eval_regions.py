@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import pww_ldm
-    from pww_ldm.train.eval_regions import evaluate, markdown_table, write_results
+    from pww_ldm.train.eval_regions import (
+        default_conditions,
+        evaluate,
+        markdown_table,
+        write_results,
+    )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", default=str(REPO / "models" / "pww-demo" / "model.safetensors"))
@@ -34,15 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="euler_a")
     p.add_argument("--examples", type=int, default=6, help="rows in the figure")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--conditions", nargs="*", default=None,
+                   help="names of the conditions to run (default: all), e.g. 'no PwW' 'max x0.8'")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    conditions = default_conditions()
+    if args.conditions:
+        unknown = set(args.conditions) - {c.name for c in conditions}
+        if unknown:
+            p.error(f"unknown conditions {sorted(unknown)}; valid: {[c.name for c in conditions]}")
+        conditions = [c for c in conditions if c.name in args.conditions]
     model = pww_ldm.load_model(args.ckpt, device="cpu")
     t0 = time.time()
     conditions, rows = evaluate(model, n_layouts=args.n, seed=args.seed, steps=args.steps,
                                 guidance_scale=args.guidance_scale, sampler=args.sampler,
-                                n_examples=args.examples, log=lambda s: print(s, file=sys.stderr))
+                                conditions=conditions, n_examples=args.examples,
+                                log=lambda s: print(s, file=sys.stderr))
     settings = {"ckpt": Path(args.ckpt).name, "layouts": args.n, "seed": args.seed,
+                "threads": args.threads,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                 "size": 128, "wall_s": round(time.time() - t0, 1)}
     print(markdown_table(conditions))

@@ -41,7 +41,8 @@ class Region:
     seed: initial-noise seed inside the region, None = the global seed. blur: Gaussian sigma in
     pixels applied to the mask (0 = hard edges). occurrence: 1-based occurrence of the label in the
     prompt, None = all. outside: weight of the label everywhere the region does NOT paint
-    (negative keeps the thing out of the rest of the image; 0 = no effect). token_positions: filled by RegionContext, one tuple per image of 1-based
+    (negative keeps the thing out of the rest of the image; 0 = no effect).
+    token_positions: filled by RegionContext, one tuple per image of 1-based
     positions in the 77-token sequence (BOS is 0). mask: filled by RegionContext, (H, W) float in
     [0, 1] at image resolution, blur applied.
     """
