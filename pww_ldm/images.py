@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
+
+from .atomic import atomic_file
 
 
 class ImageSizeError(ValueError):
@@ -46,21 +47,12 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
     A crash mid-write leaves no partial file under `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     text = parameters if parameters is not None else image.info.get("parameters")
     if text:
         info.add_text("parameters", text)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format="PNG", pnginfo=info)
     return path
 
 

@@ -263,7 +263,7 @@ def test_merge_keeps_one_record_per_job_of_this_run(tmp_path, workdir):
     (parts / "part-rank0.jsonl").write_text(
         rec("j0", "old", 0) + "\n" + rec("j0", "new", 0) + "\n" + rec("j2", "new", 0) + '\n{"id": "j')
     (parts / "part-rank1.jsonl").write_text(rec("j2", "new", 1) + "\n")  # a duplicate: ignored
-    (tmp_path / ".j1-0.abc123.png.tmp").write_bytes(b"torn")  # left by a kill -9
+    (tmp_path / ".j1-0.png.abc123.tmp").write_bytes(b"torn")  # left by a kill -9
     assert remove_stale_temp_files(tmp_path, jobs) == 1
     summary = merge_manifest(tmp_path, jobs, "new", elapsed=2.0, world_size=2)
     records = manifest(tmp_path)

@@ -9,13 +9,12 @@ processes; "run" says where and when the job ran.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from .jobs import Job
 
 MANIFEST = "manifest.jsonl"
@@ -37,16 +36,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
     """Write JSON lines to a temporary file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 @dataclass

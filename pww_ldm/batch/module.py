@@ -198,21 +198,22 @@ class BatchGenerator(pl.LightningModule):
 def remove_stale_temp_files(outdir: Path, jobs: list[Job]) -> int:
     """Delete the temporary files a killed run left beside this batch's outputs; return count.
 
-    save_png's temporaries are named `.<stem>.<random>.png.tmp`; each folder is listed once.
+    save_png's temporaries are named `.<name>.<random>.tmp` (pww_ldm.atomic); each folder is
+    listed once.
     """
-    stems: dict[Path, set[str]] = {}
+    names: dict[Path, set[str]] = {}
     for job in jobs:
         for name in job.output_names():
             target = outdir / name
-            stems.setdefault(target.parent, set()).add(target.stem)
+            names.setdefault(target.parent, set()).add(target.name)
     removed = 0
-    for folder, wanted in stems.items():
+    for folder, wanted in names.items():
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
             name = entry.name
-            if name.startswith(".") and name.endswith(".png.tmp") and entry.is_file():
-                if name[1 : -len(".png.tmp")].rpartition(".")[0] in wanted:
+            if name.startswith(".") and name.endswith(".tmp") and entry.is_file():
+                if name[1:-len(".tmp")].rpartition(".")[0] in wanted:
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1
     return removed
