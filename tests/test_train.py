@@ -118,8 +118,11 @@ def test_render_layout_masks_and_segmentation() -> None:
     assert image.shape == (128, 128, 3) and image.dtype == np.uint8
     assert tuple(image[30, 30]) == COLORS["red"] and tuple(image[90, 90]) == COLORS["blue"]
     assert masks[0][30, 30] and not masks[0][90, 90] and masks[1][90, 90]
-    cmap, context, painted = color_map(layout, 128)
-    assert context == {COLORS["red"]: "red square,1.0", COLORS["blue"]: "blue circle,1.0"}
+    cmap, context, painted = color_map(layout, 128, outside=-1.0)
+    assert context == [
+        {"color": COLORS["red"], "label": "red square", "weight": 1.0, "outside": -1.0},
+        {"color": COLORS["blue"], "label": "blue circle", "weight": 1.0, "outside": -1.0}]
+    assert tuple(np.asarray(cmap)[30, 30]) == COLORS["red"]
     from PIL import Image
 
     pred = segment(Image.fromarray(image), COLORS["red"])
