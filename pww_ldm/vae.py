@@ -6,11 +6,13 @@ activations; decoding in overlapping latent tiles blended linearly keeps memory 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .models.latent_diffusion import LatentDiffusion
 
-TILE_LATENT = 64        # tile size in latent pixels (512 px)
+TILE_LATENT = 80        # largest tile in latent pixels (640 px); tiles shrink to cover evenly
 TILE_OVERLAP = 16       # overlap in latent pixels
 TILE_ABOVE_PIXELS = 1024 * 1024  # tile when an image has at least this many pixels
 
@@ -30,12 +32,16 @@ def _ramp(n: int, overlap: int, first: bool, last: bool, device: torch.device) -
     return w
 
 
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
+def _tiles(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """(tile length, starts): the fewest tiles of at most `tile` that cover `size` while
+    overlapping by at least `overlap`, all of one length, spread evenly. 128 latent px with
+    tile 80: 2 tiles of 72 (1.27x the untiled work) where fixed 64-tiles need 3 (2.25x)."""
     if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    return sorted(set(starts))
+        return size, [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    length = math.ceil((size + (n - 1) * overlap) / n)
+    stride = (size - length) / (n - 1)
+    return length, [round(i * stride) for i in range(n)]
 
 
 def decode_tiled(model: LatentDiffusion, z: torch.Tensor, tile: int = TILE_LATENT,
@@ -45,10 +51,9 @@ def decode_tiled(model: LatentDiffusion, z: torch.Tensor, tile: int = TILE_LATEN
     f = 8
     out = torch.zeros(b, 3, h * f, w * f, device=z.device)
     weight = torch.zeros(1, 1, h * f, w * f, device=z.device)
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    (th, ys), (tw, xs) = _tiles(h, tile, overlap), _tiles(w, tile, overlap)
     for y in ys:
         for x in xs:
-            th, tw = min(tile, h - y), min(tile, w - x)
             piece = model.decode_first_stage(z[:, :, y:y + th, x:x + tw]).float()
             wy = _ramp(th * f, overlap * f, y == ys[0], y == ys[-1], z.device)
             wx = _ramp(tw * f, overlap * f, x == xs[0], x == xs[-1], z.device)

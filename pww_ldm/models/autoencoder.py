@@ -61,7 +61,9 @@ class AttnBlock(nn.Module):
         """x (B, C, h, w) -> (B, C, h, w)."""
         b, c, h, w = x.shape
         normed = self.norm(x)
-        q, k, v = (proj(normed).reshape(b, 1, c, h * w).transpose(-1, -2)
+        # contiguous: SDPA's fast CPU kernel needs a contiguous last dimension, else it falls
+        # back to the math path and materialises (h*w)^2 scores (1 GiB at 1024 px)
+        q, k, v = (proj(normed).reshape(b, 1, c, h * w).transpose(-1, -2).contiguous()
                    for proj in (self.q, self.k, self.v))
         out = attention(q, k, v, self.attention_kernel)  # (B, 1, h*w, C)
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
