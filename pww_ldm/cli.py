@@ -190,10 +190,8 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, color_map: Ima
               context: Any, seed: int, common: dict[str, Any]) -> list[Image.Image]:
     if color_map is None:
         kwargs = dict(common)
-        if kwargs["width"] is None or kwargs["height"] is None:
-            reference = kwargs.get("init_image")
-            kwargs["width"] = kwargs["width"] or (reference.width // 8 * 8 if reference else 512)
-            kwargs["height"] = kwargs["height"] or (reference.height // 8 * 8 if reference else 512)
+        kwargs["width"], kwargs["height"] = pww_ldm.pipeline.resolve_size(
+            kwargs["width"], kwargs["height"], kwargs.get("init_image"))
         return pww_ldm.generate(model, args.prompt, seed=seed, **kwargs)
     return pww_ldm.paint_with_words(
         model, args.prompt, color_map, context, seed=seed, weight_function=args.weight_function,

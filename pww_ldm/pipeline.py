@@ -28,6 +28,17 @@ from .vae import decode_latents, encode_images
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
 
 
+def resolve_size(width: int | None, height: int | None, reference: Image.Image | None
+                 ) -> tuple[int, int]:
+    """Width and height to generate: the given ones, else the reference image's (colour map or
+    init image) rounded down to a multiple of 8, else 512."""
+    if width is None:
+        width = reference.width // 8 * 8 if reference is not None else 512
+    if height is None:
+        height = reference.height // 8 * 8 if reference is not None else 512
+    return width, height
+
+
 def resolve_seed(seed: int | None) -> int:
     """None or -1 (A1111's "random") -> a fresh random seed; anything else unchanged."""
     return secrets.randbelow(2**32) if seed is None or seed == -1 else int(seed)
@@ -124,8 +135,8 @@ def img2img(model: LatentDiffusion, prompt: str, init_image: Image.Image, streng
             **kwargs: Any) -> list[Image.Image]:
     """Image-to-image: `init_image` noised to `strength` then denoised; size defaults to the
     init image's, rounded down to a multiple of 8. Keywords as `generate`."""
-    kwargs.setdefault("width", init_image.width // 8 * 8)
-    kwargs.setdefault("height", init_image.height // 8 * 8)
+    kwargs["width"], kwargs["height"] = resolve_size(kwargs.get("width"), kwargs.get("height"),
+                                                     init_image)
     return generate(model, prompt, init_image=init_image, strength=strength, **kwargs)
 
 
@@ -145,11 +156,7 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
     size rounded down to a multiple of 8 (else 512x512). img2img when `init_image` is given.
     Other keywords as `generate`. Returns n_images PIL images.
     """
-    reference = color_map_image or init_image
-    if width is None:
-        width = reference.width // 8 * 8 if reference is not None else 512
-    if height is None:
-        height = reference.height // 8 * 8 if reference is not None else 512
+    width, height = resolve_size(width, height, color_map_image or init_image)
     check_size(width, height)
     regions = RegionContext.build(prompt, color_map_image, color_context, width=width,
                                   height=height, tokenizer=model.cond_stage_model.tokenizer,

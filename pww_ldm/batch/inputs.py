@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..images import ImageSizeError, check_size
+from ..pipeline import resolve_size
 from ..region import (
     ColorMapError,
     RegionContext,
@@ -87,8 +88,7 @@ def open_inputs(job: Job, cache: dict | None = None) -> JobInputs:
     init, init_digest = _open_image(job.init_image, "init_image", cache)
     regions = parse_color_context(job.color_context)  # file path, inline text or data
     reference = color_map or init
-    width = job.width or (reference.width // 8 * 8 if reference is not None else 512)
-    height = job.height or (reference.height // 8 * 8 if reference is not None else 512)
+    width, height = resolve_size(job.width or None, job.height or None, reference)
     check_size(width, height)
     return JobInputs(color_map, init, regions, width, height,
                      {"color_map": map_digest, "init_image": init_digest})
