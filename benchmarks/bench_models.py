@@ -7,7 +7,6 @@ config. The diffusers models get the same weights through diffusers' own LDM con
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -196,14 +195,8 @@ def unet_inputs(model: LatentDiffusion, latent: int = 64, batch: int = 2, seed: 
 def ours_step_fn(unet: torch.nn.Module, inputs: dict[str, torch.Tensor],
                  regions: RegionContext | None = None) -> Any:
     """A closure running one UNet call as the sampler does (UNetContext; regions on cond rows)."""
-    rows = torch.arange(1, 2, device=inputs["x"].device) if regions is not None else None
-    hints: dict[str, Any] = {}  # layout hints the sampler passes too, where this pww_ldm has them
-    fields = {f.name for f in dataclasses.fields(UNetContext)}
-    if regions is not None and "row_split" in fields:
-        hints["row_split"] = 1
-    if regions is not None and "plain_rows" in fields:
-        hints["plain_rows"] = torch.arange(0, 1, device=inputs["x"].device)
-    context = UNetContext(inputs["emb"], inputs["sigma"], regions, region_rows=rows, **hints)
+    rows = slice(1, 2) if regions is not None else None
+    context = UNetContext(inputs["emb"], inputs["sigma"], regions, region_rows=rows)
     return lambda: unet(inputs["x"], inputs["t"], context=context)
 
 

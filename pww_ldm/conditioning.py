@@ -25,15 +25,17 @@ class UNetContext:
     embeddings: (B, T, C) text embeddings, rows in the order of the UNet batch.
     sigma: (B,) k-diffusion noise level of each row at this call (sigma of the sampler step).
     regions: Paint-with-Words weights, or None for plain Stable Diffusion.
-    region_rows: (n,) long indices of the batch rows the regions apply to, in the order of the
-        region context's images (the conditional half of a CFG batch); other rows get no bias.
+    region_rows: the contiguous batch rows the regions apply to, in the order of the region
+        context's images (the conditional half of a CFG batch, `slice(n, 2n)`); other rows get
+        no bias. None: every row. A slice rather than an index tensor: the attention layers
+        cut the batch with views, without a gather or a device sync.
     grid: (h, w) of the attention layer this context was narrowed to by `at_grid`, else None.
     """
 
     embeddings: torch.Tensor
     sigma: torch.Tensor
     regions: RegionContext | None = None
-    region_rows: torch.Tensor | None = None
+    region_rows: slice | None = None
     grid: tuple[int, int] | None = None
 
     def at_grid(self, h: int, w: int) -> UNetContext:

@@ -70,7 +70,7 @@ def test_bias_at_every_layer_matches_the_formula(size, grids):
     x = torch.randn(2, 4, height // 8, width // 8, generator=g)
     emb = torch.randn(2, 77, 32, generator=g)
     sigma = torch.tensor([3.0, 3.0])
-    ctx = UNetContext(emb, sigma, regions, region_rows=torch.tensor([1]))
+    ctx = UNetContext(emb, sigma, regions, region_rows=slice(1, 2))
     records, handles = capture_cross_attention(unet)
     with torch.no_grad():
         unet(x, torch.tensor([500.0, 500.0]), ctx)
@@ -105,7 +105,7 @@ def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
     sigma = torch.tensor([2.0, 5.0, 2.0, 5.0], dtype=torch.float64)
     t = torch.tensor([400.0, 700.0, 400.0, 700.0])
     # a CFG batch of 2 images: rows [uncond0, uncond1, cond0, cond1]
-    ctx = UNetContext(emb, sigma, regions, region_rows=torch.tensor([2, 3]))
+    ctx = UNetContext(emb, sigma, regions, region_rows=slice(2, 4))
     with torch.no_grad():
         batched = unet(x, t, ctx)
         for row in range(4):
@@ -114,17 +114,34 @@ def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
             else:
                 single = unet(x[row:row + 1], t[row:row + 1],
                               UNetContext(emb[row:row + 1], sigma[row:row + 1], regions,
-                                          region_rows=torch.tensor([0])))
+                                          region_rows=slice(0, 1)))
             assert (batched[row:row + 1] - single).abs().max().item() < 1e-8
-        wrong = unet(x, t, UNetContext(emb, sigma, regions, region_rows=torch.tensor([0, 1])))
+        wrong = unet(x, t, UNetContext(emb, sigma, regions, region_rows=slice(0, 2)))
         assert (wrong[:2] - batched[:2]).abs().max().item() > 1e-6  # 100x the tolerance
+
+
+def test_region_rows_in_the_middle_leave_rows_on_both_sides_plain():
+    unet = four_level_unet().double()
+    color_map, _ = hand_map(96, 64)
+    regions = RegionContext.build(PROMPT, color_map, {RED: "cat,2"}, width=96, height=64)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 8, 12, generator=g, dtype=torch.float64)
+    emb = torch.randn(3, 77, 32, generator=g, dtype=torch.float64)
+    sigma, t = torch.full((3,), 3.0, dtype=torch.float64), torch.full((3,), 500.0)
+    with torch.no_grad():
+        batched = unet(x, t, UNetContext(emb, sigma, regions, region_rows=slice(1, 2)))
+        plain = unet(x, t, emb)
+        middle = unet(x[1:2], t[1:2], UNetContext(emb[1:2], sigma[1:2], regions))
+    assert (batched[[0, 2]] - plain[[0, 2]]).abs().max().item() < 1e-8
+    assert (batched[1:2] - middle).abs().max().item() < 1e-8
+    assert (batched[1] - plain[1]).abs().max().item() > 1e-6  # the middle row did get a bias
 
 
 def _probs(module, x, regions, weight_sign):
     ctx = UNetContext(torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2)),
                       torch.tensor([4.0]), regions, grid=(8, 8))
     q, k, _ = module.project(x, ctx)
-    return module.region_probs(q, k, ctx)[0].mean(0)  # (N, T), mean over heads
+    return module.region_probs(q, k, ctx.sigma, ctx)[0].mean(0)  # (N, T), mean over heads
 
 
 @pytest.mark.parametrize("weight", [2.0, -2.0])

@@ -74,10 +74,10 @@ class CFGEpsModel:
             uncond = _rows(uncond, n, "uncond")
             x_in, t, sigma = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([sigma, sigma])
             embeddings = torch.cat([uncond, cond])
-            region_rows = torch.arange(n, 2 * n, device=x_in.device)  # regions bias cond rows only
+            region_rows = slice(n, 2 * n)  # regions bias the cond rows only
         else:
             embeddings = cond
-            region_rows = torch.arange(n, device=x_in.device)
+            region_rows = slice(0, n)
         if self.dtype is not None:
             x_in, embeddings = x_in.to(self.dtype), embeddings.to(self.dtype)
         context = UNetContext(
