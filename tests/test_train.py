@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import pww_ldm
 from pww_ldm.train import run
-from pww_ldm.train.eval_regions import color_map, score_object, segment
+from pww_ldm.train.eval_regions import MAP_BOTTOM, MAP_TOP, color_map, score_object, segment
 from pww_ldm.train.shapes import (
     COLORS,
     POSITION_WORDS,
@@ -128,6 +128,30 @@ def test_render_layout_masks_and_segmentation() -> None:
     pred = segment(Image.fromarray(image), COLORS["red"])
     scores = score_object(pred, painted[0])
     assert scores["iou"] > 0.95 and scores["centre_inside"] == 1.0 and scores["recall"] == 1.0
+    assert scores["centre_in_box"] == 1.0
+
+
+def test_ring_centre_is_in_its_box_but_not_its_silhouette() -> None:
+    layout = Layout((ShapeObject("ring", "red", (10, 10, 50, 50)),), "white")
+    _, masks = render_layout(layout, 128)
+    scores = score_object(masks[0], masks[0])  # drawn exactly where painted
+    assert scores["iou"] == 1.0 and scores["centre_in_box"] == 1.0 and scores["centre_inside"] == 0.0
+    moved = np.roll(masks[0], 60, axis=1)  # the same ring drawn far to the right
+    assert score_object(moved, masks[0])["centre_in_box"] == 0.0
+
+
+def test_background_words_are_painted_around_the_objects() -> None:
+    layout = Layout((ShapeObject("square", "red", (10, 10, 50, 50)),), "ground", horizon=0.5)
+    cmap, context, _ = color_map(layout, 128, background=0.5)
+    rgb = np.asarray(cmap)
+    assert [c["label"] for c in context] == ["red square", "sky", "ground"]
+    assert all(c["weight"] == 0.5 for c in context[1:])
+    assert tuple(rgb[30, 30]) == COLORS["red"]  # the object keeps its colour
+    assert tuple(rgb[5, 100]) == MAP_TOP and tuple(rgb[120, 100]) == MAP_BOTTOM
+    plain = Layout(layout.objects, "black")
+    _, plain_context, _ = color_map(plain, 128, background=1.0)
+    assert plain_context[-1]["label"] == "black background"
+    assert tuple(np.asarray(color_map(plain, 128, background=1.0)[0])[120, 100]) == MAP_TOP
 
 
 def test_sample_layout_respects_overlap_and_bounds() -> None:
