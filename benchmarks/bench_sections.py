@@ -15,10 +15,9 @@ from bench_util import (
     run_worker,
     time_fn,
     time_interleaved,
-    xformers_usable,
 )
 
-from pww_ldm.kernels import set_attention_kernel
+from pww_ldm.kernels import set_attention_kernel, xformers_unusable
 from pww_ldm.vae import TILE_ABOVE_PIXELS, decode_latents
 
 if TYPE_CHECKING:
@@ -73,7 +72,7 @@ def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
 
 def section_kernels(b: Bench, ctx: dict[str, Any]) -> None:
     """The step with each other attention kernel (ours; diffusers' xformers on CUDA)."""
-    why_not = xformers_usable(b.device, b.dtype)
+    why_not = xformers_unusable(b.device, b.dtype)
     kernels = ["math"] + ([] if why_not else ["xformers"])
     try:
         for kernel in kernels:

@@ -164,22 +164,6 @@ class PeakRSS:
 # ---------------------------------------------------------------- machine
 
 
-def xformers_usable(device: torch.device, dtype: torch.dtype) -> str:
-    """"" when xformers' memory_efficient_attention runs here in `dtype`, else why not."""
-    if device.type != "cuda":
-        return "xformers needs CUDA"
-    try:
-        import xformers.ops
-
-        q = torch.zeros(1, 8, 1, 40, device=device, dtype=dtype)
-        xformers.ops.memory_efficient_attention(q, q, q)
-        return ""
-    except ImportError:
-        return "xformers not installed"
-    except Exception as exc:  # noqa: BLE001 - any failure means "cannot use it here"
-        return f"xformers installed but unusable: {str(exc).splitlines()[0][:120]}"
-
-
 def cpu_model() -> str:
     """The processor's model name (lscpu / /proc/cpuinfo), else platform.processor()."""
     try:

@@ -8,12 +8,12 @@ whole model by `set_attention_kernel`, so no global state or environment variabl
   where the device has them); the default.
 - "xformers": xformers.ops.memory_efficient_attention, CUDA only, when installed.
 - "math": the textbook computation with scores and softmax in float32; slow, but the reference.
-- "auto": xformers on CUDA when importable, else sdpa (resolved by `resolve_kernel`).
+- "auto": xformers on CUDA when it runs there, else sdpa (resolved by `resolve_kernel`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
 
 import torch
@@ -26,29 +26,51 @@ class AttentionKernelError(ValueError):
     """An attention kernel name that is unknown or cannot run here."""
 
 
-def xformers_available() -> bool:
-    """True when the xformers package can be imported."""
-    return importlib.util.find_spec("xformers") is not None
+def xformers_unusable(device: torch.device | str, dtype: torch.dtype = torch.float16) -> str:
+    """"" when xformers' memory_efficient_attention runs on `device` in `dtype`, else why not.
+
+    An installed wheel built for another torch or CUDA imports but fails on its first call, so
+    this runs one tiny attention rather than trusting the import.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "xformers needs CUDA"
+    return _xformers_probe(str(device), dtype)
+
+
+@functools.cache
+def _xformers_probe(device: str, dtype: torch.dtype) -> str:
+    try:
+        import xformers.ops
+    except ImportError:
+        return "xformers is not installed (pip install -e '.[xformers]')"
+    except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways; all mean "no"
+        return f"xformers does not import here: {str(exc).splitlines()[0][:160]}"
+    try:
+        q = torch.zeros(1, 8, 1, 40, device=device, dtype=dtype)
+        xformers.ops.memory_efficient_attention(q, q, q)
+    except Exception as exc:  # noqa: BLE001
+        return f"xformers is installed but does not run here: {str(exc).splitlines()[0][:160]}"
+    return ""
 
 
 def resolve_kernel(name: str, device: torch.device | str) -> str:
     """Turn a user's kernel choice into the kernel that will run on `device`.
 
-    "auto" picks xformers on CUDA when installed, else sdpa. Asking for xformers where it cannot
-    run is an error rather than a silent fallback, so a benchmark never measures the wrong thing.
+    "auto" picks xformers on CUDA when it runs there, else sdpa. Asking for xformers where it
+    cannot run is an error rather than a silent fallback, so a benchmark never measures the wrong
+    thing.
     """
     if name not in KERNELS:
         raise AttentionKernelError(
             f"unknown attention kernel {name!r}; choose one of {', '.join(KERNELS)}"
         )
-    on_cuda = torch.device(device).type == "cuda"
     if name == "auto":
-        return "xformers" if on_cuda and xformers_available() else "sdpa"
-    if name == "xformers" and not (on_cuda and xformers_available()):
-        raise AttentionKernelError(
-            "the xformers kernel needs CUDA and the xformers package "
-            "(pip install -e '.[xformers]'); use --attention sdpa or math instead"
-        )
+        return "sdpa" if xformers_unusable(device) else "xformers"
+    if name == "xformers":
+        why_not = xformers_unusable(device)
+        if why_not:
+            raise AttentionKernelError(f"{why_not}; use --attention sdpa or math instead")
     return name
 
 
