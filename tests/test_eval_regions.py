@@ -13,9 +13,10 @@ DEMO = Path(__file__).resolve().parent.parent / "models" / "pww-demo" / "model.s
 @pytest.mark.slow
 def test_pww_beats_no_pww_by_a_clear_margin():
     model = pww_ldm.load_model(DEMO, device="cpu")
-    plain, painted = Condition("no PwW"), Condition("max x0.8", "max", 0.8)
+    plain, painted = Condition("no PwW"), Condition("std x8 (the demo default)", "std", 8.0)
     evaluate(model, n_layouts=8, steps=12, conditions=[plain, painted], log=lambda *_: None)
     base, pww = plain.summary(), painted.summary()
     assert pww["iou"] > base["iou"] + 0.15 and pww["iou"] > 2.5 * base["iou"], (base, pww)
     assert pww["centre_inside"] > base["centre_inside"] + 0.2, (base, pww)
+    assert pww["centre_in_box"] > base["centre_in_box"] + 0.3, (base, pww)
     assert pww["recall"] >= 0.9

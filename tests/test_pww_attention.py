@@ -94,14 +94,20 @@ def test_bias_at_every_layer_matches_the_formula(size, grids):
         assert weights.abs().sum() > 0
 
 
-def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
-    # float64: batch-size effects of CPU BLAS vanish, so 1e-8 separates right from wrong
+def _fp64_case(rows: int, seed: int):
+    """A float64 four-level UNet, a one-region context and `rows` random inputs x and emb."""
     unet = four_level_unet().double()
     color_map, _ = hand_map(96, 64)
     regions = RegionContext.build(PROMPT, color_map, {RED: "cat,2"}, width=96, height=64)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 4, 8, 12, generator=g, dtype=torch.float64)
-    emb = torch.randn(4, 77, 32, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, 8, 12, generator=g, dtype=torch.float64)
+    emb = torch.randn(rows, 77, 32, generator=g, dtype=torch.float64)
+    return unet, regions, x, emb
+
+
+def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
+    # float64: batch-size effects of CPU BLAS vanish, so 1e-8 separates right from wrong
+    unet, regions, x, emb = _fp64_case(4, seed=1)
     sigma = torch.tensor([2.0, 5.0, 2.0, 5.0], dtype=torch.float64)
     t = torch.tensor([400.0, 700.0, 400.0, 700.0])
     # a CFG batch of 2 images: rows [uncond0, uncond1, cond0, cond1]
@@ -121,12 +127,7 @@ def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
 
 
 def test_region_rows_in_the_middle_leave_rows_on_both_sides_plain():
-    unet = four_level_unet().double()
-    color_map, _ = hand_map(96, 64)
-    regions = RegionContext.build(PROMPT, color_map, {RED: "cat,2"}, width=96, height=64)
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 4, 8, 12, generator=g, dtype=torch.float64)
-    emb = torch.randn(3, 77, 32, generator=g, dtype=torch.float64)
+    unet, regions, x, emb = _fp64_case(3, seed=5)
     sigma, t = torch.full((3,), 3.0, dtype=torch.float64), torch.full((3,), 500.0)
     with torch.no_grad():
         batched = unet(x, t, UNetContext(emb, sigma, regions, region_rows=slice(1, 2)))
