@@ -30,15 +30,6 @@ class PoolEncoder:
         return DiagonalGaussianDistribution(torch.cat([F.avg_pool2d(x, 4), F.avg_pool2d(x * x, 4)], 1))
 
 
-class NearestDecoder:
-    """A stand-in first stage with a local decoder at factor 4 (4x nearest upsampling)."""
-
-    first_stage_model = SimpleNamespace(downsample_factor=4)
-
-    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(z[:, :3], scale_factor=4, mode="nearest")
-
-
 class TileProbe:
     """A stand-in first stage (factor 4) whose tiles disagree on purpose, so the blend weights
     show: fed a coordinate image (channel 0 = y, channel 1 = x, in latent px), a tile encodes
@@ -237,11 +228,3 @@ def test_tiled_sample_uses_the_untiled_noise(model, monkeypatch):
 def test_sides_must_be_multiples_of_the_factor(model):
     with pytest.raises(ValueError, match="divisible by 8"):
         encode_tiled(model, torch.zeros(1, 3, 64, 68), tile=4, overlap=2)
-
-
-def test_decode_tiles_use_the_models_factor():
-    z = torch.randn(1, 4, 40, 57, generator=torch.Generator().manual_seed(0))
-    whole = NearestDecoder().decode_first_stage(z)
-    tiled = decode_tiled(NearestDecoder(), z, tile=16, overlap=4)
-    assert tiled.shape == whole.shape == (1, 3, 160, 228)
-    assert torch.allclose(tiled, whole, atol=1e-5)

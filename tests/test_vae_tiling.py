@@ -1,5 +1,8 @@
 """Tiled VAE decoding: tiles cover every pixel once in total weight and blend without seams."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -7,17 +10,28 @@ from pww_ldm.vae import decode_tiled
 
 
 class NearestDecoder:
-    """A stand-in first stage whose decode is local (8x nearest upsampling of 3 channels)."""
+    """A stand-in first stage whose decode is local (f x nearest upsampling of 3 channels).
+
+    With `factor` it reports it as a VAE does (`first_stage_model.downsample_factor`); without,
+    like a model that does not, for which SD's 8 is assumed.
+    """
+
+    def __init__(self, factor: int | None = None) -> None:
+        self.f = factor or 8
+        if factor is not None:
+            self.first_stage_model = SimpleNamespace(downsample_factor=factor)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(z[:, :3], scale_factor=8, mode="nearest")
+        return F.interpolate(z[:, :3], scale_factor=self.f, mode="nearest")
 
 
-def test_tiled_equals_whole_for_a_local_decoder():
+@pytest.mark.parametrize("factor", [None, 4])
+def test_tiled_equals_whole_for_a_local_decoder(factor):
     z = torch.randn(2, 4, 40, 57, generator=torch.Generator().manual_seed(0))
-    whole = NearestDecoder().decode_first_stage(z)
-    tiled = decode_tiled(NearestDecoder(), z, tile=16, overlap=4)
-    assert tiled.shape == whole.shape == (2, 3, 320, 456)
+    decoder = NearestDecoder(factor)
+    whole = decoder.decode_first_stage(z)
+    tiled = decode_tiled(decoder, z, tile=16, overlap=4)
+    assert tiled.shape == whole.shape == (2, 3, 40 * decoder.f, 57 * decoder.f)
     assert torch.allclose(tiled, whole, atol=1e-5)
 
 
