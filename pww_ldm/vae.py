@@ -17,16 +17,10 @@ from .models.latent_diffusion import LatentDiffusion
 TILE_LATENT = 80        # largest tile in latent pixels (640 px); tiles shrink to cover evenly
 TILE_OVERLAP = 16       # overlap in latent pixels
 TILE_ABOVE_PIXELS = 1024 * 1024  # tile when an image has at least this many pixels
-SD_FACTOR = 8           # SD's VAE factor, for stand-in models that do not expose theirs
 
 
 def _vae_dtype(model: LatentDiffusion) -> torch.dtype:
     return model.first_stage_model.post_quant_conv.weight.dtype
-
-
-def _factor(model: LatentDiffusion) -> int:
-    """Image pixels per latent pixel along each axis, as the model's VAE reports it."""
-    return getattr(getattr(model, "first_stage_model", None), "downsample_factor", SD_FACTOR)
 
 
 def _ramp(n: int, overlap: int, first: bool, last: bool, device: torch.device) -> torch.Tensor:
@@ -66,7 +60,7 @@ def decode_tiled(model: LatentDiffusion, z: torch.Tensor, tile: int = TILE_LATEN
                  overlap: int = TILE_OVERLAP) -> torch.Tensor:
     """Decode (B, 4, h, w) latents tile by tile -> (B, 3, f*h, f*w); overlaps blend linearly."""
     b, _, h, w = z.shape
-    f = _factor(model)
+    f = model.first_stage_model.downsample_factor
     out = torch.zeros(b, 3, h * f, w * f, device=z.device)
     weight = torch.zeros(1, 1, h * f, w * f, device=z.device)
     (th, ys), (tw, xs) = _tiles(h, tile, overlap), _tiles(w, tile, overlap)
@@ -89,7 +83,7 @@ def encode_tiled(model: LatentDiffusion, pixels: torch.Tensor, tile: int = TILE_
     space, and the result is an ordinary posterior: sampling it draws the same noise an
     untiled encode would, so the two differ only by the blended moments.
     """
-    f = _factor(model)
+    f = model.first_stage_model.downsample_factor
     b, _, height, width = pixels.shape
     if height % f or width % f:
         raise ValueError(f"tiled encoding needs image sides divisible by {f}, got {width}x{height}")
@@ -122,7 +116,8 @@ def decode_latents(model: LatentDiffusion, latents: torch.Tensor, tiled: bool | 
     """
     z = latents.to(model.device, _vae_dtype(model))
     if tiled is None:
-        tiled = z.shape[-2] * z.shape[-1] * _factor(model) ** 2 >= TILE_ABOVE_PIXELS
+        f = model.first_stage_model.downsample_factor
+        tiled = z.shape[-2] * f * z.shape[-1] * f >= TILE_ABOVE_PIXELS
     decode = (lambda t: decode_tiled(model, t)) if tiled else model.decode_first_stage
     return torch.cat([decode(z[i:i + 1]).float() for i in range(z.shape[0])])
 
