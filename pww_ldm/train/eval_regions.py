@@ -53,12 +53,13 @@ class Condition:
         return {k: float(np.mean([s[k] for s in self.scores])) for k in keys}
 
 
-def background_regions(layout: Layout, size: int) -> list[tuple[str, np.ndarray]]:
-    """(label, mask) of the background's named areas not covered by an object: "sky" above the
-    horizon and "ground" / "sand" below it, or the whole plain "white background"."""
+def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """(label, mask) of the background's named areas not covered by an object (`masks`, the
+    layout's (size, size) object masks): "sky" above the horizon and "ground" / "sand" below it,
+    or the whole plain "white background"."""
     phrase = BACKGROUNDS[layout.background][0]
-    _, masks = render_layout(layout, size)
     free = ~np.any(masks, axis=0)
+    size = free.shape[0]
     if " and " not in phrase:  # "on a white background"
         return [(phrase.split(" a ", 1)[1], free)]
     top, bottom = phrase.removeprefix("with ").split(" and ")
@@ -79,7 +80,7 @@ def color_map(layout: Layout, size: int, outside: float = 0.0, background: float
         context.append({"color": COLORS[obj.color], "label": obj.label, "weight": 1.0,
                         "outside": outside})
     if background:
-        for (label, mask), color in zip(background_regions(layout, size), (MAP_TOP, MAP_BOTTOM)):
+        for (label, mask), color in zip(background_regions(layout, masks), (MAP_TOP, MAP_BOTTOM)):
             rgb[mask] = color
             context.append({"color": color, "label": label, "weight": background})
     return Image.fromarray(rgb), context, masks
