@@ -26,6 +26,7 @@ from pww_ldm.config import instantiate_from_config  # noqa: E402
 from pww_ldm.kernels import set_attention_kernel  # noqa: E402
 from pww_ldm.loading import default_v1_config  # noqa: E402
 from pww_ldm.models.latent_diffusion import LatentDiffusion  # noqa: E402
+from pww_ldm.pipeline import attention_grids  # noqa: E402
 from pww_ldm.region import RegionContext  # noqa: E402
 
 PROMPT = "realistic photo of a dog, cat, tree, with beautiful sky, on sandy ground"
@@ -171,11 +172,9 @@ def region_context(model: LatentDiffusion, width: int = 512, height: int = 512) 
     regions = RegionContext.build(PROMPT, image, context, width=width, height=height,
                                   tokenizer=model.cond_stage_model.tokenizer)
     assert regions.is_active and len(regions.regions) == 5
-    if hasattr(regions, "prepare"):  # as the pipeline does: weight maps before the first step
-        from pww_ldm.pipeline import attention_grids
-
-        regions.prepare(attention_grids(model, height // 8, width // 8), model.device,
-                        torch.promote_types(model.unet_dtype, torch.float32))
+    # as the pipeline does: the weight maps of every attention grid before the first step
+    regions.prepare(attention_grids(model, height // 8, width // 8), model.device,
+                    torch.promote_types(model.unet_dtype, torch.float32))
     return regions
 
 
