@@ -39,6 +39,7 @@ def tiny_configs(tmp_path: Path) -> tuple[Path, Path]:
         cfg.data.batch_size = 2
         cfg.data.num_workers = 0
         cfg.lightning.trainer.log_every_n_steps = 1
+    ldm.data.latent_cache = 6  # the shipped recipe trains on cached latents
     unet = ldm.model.params.unet_config.params
     unet.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, num_head_channels=16,
                 context_dim=32, image_size=16)
@@ -65,6 +66,7 @@ def test_two_stages_train_export_and_load(tmp_path: Path) -> None:
     summary = run.main([*common, "--max-steps", "2"])
     assert math.isfinite(summary["autoencoder_loss"]) and math.isfinite(summary["ldm_loss"])
     assert sorted(p.name for p in export.iterdir()) == ["model.safetensors", "model.yaml"]
+    assert len(torch.load(out / "ldm" / run.LATENT_CACHE, weights_only=True)["captions"]) == 6
 
     model = pww_ldm.load_model(export / "model.safetensors", device="cpu")
     assert model.scale_factor == pytest.approx(summary["scale_factor"]) and model.scale_factor != 1.0

@@ -114,10 +114,20 @@ class LatentDiffusionTrainer(pl.LightningModule):
         """Images (B, 3, H, W) -> unscaled latent samples (B, 4, H/8, W/8)."""
         return self.model.encode_first_stage(x).sample()
 
+    def latents(self, batch: dict) -> torch.Tensor:
+        """Unscaled latent samples (B, 4, h, w) of a batch of images, or drawn from the cached
+        posterior moments `latent_mean`, `latent_std` (pww_ldm.train.latent_cache): the same
+        distribution, and the same draw for the same random state."""
+        if "latent_mean" in batch:
+            std = batch["latent_std"]
+            return batch["latent_mean"] + std * torch.randn(std.shape, device=std.device, dtype=std.dtype)
+        return self.encode(batch["image"])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """batch {"image": (B, 3, H, W), "caption": [str] * B} -> scalar eps MSE."""
-        x, captions = batch["image"], list(batch["caption"])
-        z = self.encode(x)
+        """batch {"image": (B, 3, H, W) or "latent_mean", "latent_std": (B, 4, h, w),
+        "caption": [str] * B} -> scalar eps MSE."""
+        captions = list(batch["caption"])
+        z = self.latents(batch)
         if self.global_step == 0 and float(self.model.scale_factor) == 1.0:  # a fresh run
             self.model.scale_factor.fill_(1.0 / z.flatten().std().item())
             self.print(f"scale_factor = {float(self.model.scale_factor):.5f} (1/std of the latents)")

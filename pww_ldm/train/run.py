@@ -27,14 +27,16 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..allocator import tune_malloc
 from ..config import get_obj_from_str, instantiate_from_config
+from .latent_cache import build_latent_cache
 from .shapes import CountingSampler
 
 REPO = Path(__file__).resolve().parents[2]
 AE_WEIGHTS = "autoencoder.safetensors"
+LATENT_CACHE = "latents.pt"
 
 
 class LossTracker(Callback):
@@ -79,8 +81,9 @@ def _steps_done(ckpt: Path | None) -> int:
 
 def fit_stage(module: pl.LightningModule, cfg: Any, stage_dir: Path, *, minutes: float,
               resume: bool, accelerator: str = "auto", max_steps: int | None = None,
-              progress: bool = True) -> tuple[pl.LightningModule, float]:
-    """Fit one stage on the config's data set; returns (module, mean of the last losses).
+              progress: bool = True, dataset: Dataset | None = None
+              ) -> tuple[pl.LightningModule, float]:
+    """Fit one stage on `dataset` (default: the config's); returns (module, mean of the last losses).
 
     cfg: the stage's CompVis config (`data`, `lightning.trainer`). The data stream continues at
     global_step * batch_size on resume, so a resumed run sees new samples.
@@ -89,7 +92,7 @@ def fit_stage(module: pl.LightningModule, cfg: Any, stage_dir: Path, *, minutes:
     last = stage_dir / "last.ckpt"
     ckpt = last if resume and last.is_file() else None
     batch_size = int(cfg.data.batch_size)
-    dataset = instantiate_from_config(cfg.data)
+    dataset = instantiate_from_config(cfg.data) if dataset is None else dataset
     workers = int(cfg.data.get("num_workers", 0))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         sampler=CountingSampler(_steps_done(ckpt) * batch_size),
@@ -131,9 +134,23 @@ def train_autoencoder(cfg: Any, out: Path, **fit_args: Any) -> tuple[Path, float
 
 def train_latent_diffusion(cfg: Any, out: Path, ae_weights: Path, **fit_args: Any
                            ) -> tuple[pl.LightningModule, float]:
-    """Stage 2 over the stage-1 autoencoder; returns (LatentDiffusionTrainer, final loss)."""
+    """Stage 2 over the stage-1 autoencoder; returns (LatentDiffusionTrainer, final loss).
+
+    With `data.latent_cache: N` in the config, the first N images are encoded once (or the cache
+    in <out>/ldm/latents.pt is reused) and the stage trains on their cached posteriors.
+    """
     module = make_module(cfg, first_stage_state=load_file(str(ae_weights)))
-    return fit_stage(module, cfg, out / "ldm", **fit_args)
+    n_cached = int(cfg.data.get("latent_cache", 0) or 0)
+    dataset = None
+    if n_cached:
+        autoencoder = module.model.first_stage_model
+        gpu = fit_args.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        autoencoder.to("cuda" if gpu else "cpu")
+        dataset = build_latent_cache(autoencoder, instantiate_from_config(cfg.data), n_cached,
+                                     out / "ldm" / LATENT_CACHE, seed=int(cfg.data.params.seed),
+                                     progress=fit_args.get("progress", True))
+        autoencoder.to("cpu")
+    return fit_stage(module, cfg, out / "ldm", dataset=dataset, **fit_args)
 
 
 def export_demo(module: pl.LightningModule, model_cfg: Any, export_dir: Path,
