@@ -164,3 +164,24 @@ def test_sample_layout_respects_overlap_and_bounds() -> None:
         for obj, mask in zip(layout.objects, masks, strict=True):
             x0, y0, x1, y1 = obj.box
             assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and mask.any()
+
+
+def test_flush_denormals_is_on_inside_and_restored_after() -> None:
+    assert not run.denormals_flushed()  # torch's default: denormals are computed
+    with run.flush_denormals() as on:
+        if not on:
+            pytest.skip("this CPU has no flush-to-zero mode")
+        assert run.denormals_flushed()
+        tiny = torch.full((4,), 1e-39)
+        assert torch.equal(tiny * 1.5, torch.zeros(4))
+    assert not run.denormals_flushed()
+    assert (torch.full((4,), 1e-39) * 1.5).ne(0).all()
+
+
+def test_autoencoder_betas_come_from_the_config() -> None:
+    cfg = OmegaConf.load(DEMO / "autoencoder.yaml")
+    module = run.make_module(cfg)
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.param_groups[0]["betas"] == tuple(cfg.lightning.module.params.betas) != (0.5, 0.9)
+    assert opt.param_groups[0]["lr"] == pytest.approx(
+        float(cfg.model.base_learning_rate) / cfg.lightning.module.params.warmup_steps)

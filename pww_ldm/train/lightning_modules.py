@@ -46,7 +46,7 @@ class AutoencoderTrainer(pl.LightningModule):
     """Stage 1: trains `self.model`, an AutoencoderKL built from a CompVis model config."""
 
     def __init__(self, model_config: dict, lr: float = 4.5e-4, warmup_steps: int = 200,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.5, 0.9)) -> None:
         super().__init__()
         self.save_hyperparameters()
         params = dict(model_config["params"])
@@ -65,8 +65,9 @@ class AutoencoderTrainer(pl.LightningModule):
         return out["loss"]
 
     def configure_optimizers(self) -> Any:
-        """AdamW with CompVis's autoencoder betas and a linear warm-up."""
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, betas=(0.5, 0.9),
+        """AdamW (CompVis's autoencoder betas unless the config sets them), linear warm-up."""
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr,
+                                betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,27 @@ def _atomic(path: Path, write) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def denormals_flushed() -> bool:
+    """True when float32 denormals are read and written as zero on this thread's CPU."""
+    return bool((torch.full((8,), 1e-39) * 1.5).eq(0).all())
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[bool]:
+    """Treat float32 denormals as zero inside the block (x86 DAZ/FTZ), then restore the setting.
+
+    Flat-colour images drive activations and gradients of the small demo networks into the
+    denormal range, which x86 CPUs compute in microcode: an autoencoder step on 2 cores took 2.4 s
+    instead of 0.38 s. Yields whether flushing is on (False where the CPU has no such mode).
+    """
+    before = denormals_flushed()
+    on = torch.set_flush_denormal(True)
+    try:
+        yield on
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def _steps_done(ckpt: Path | None) -> int:
@@ -220,6 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("high")
+    with flush_denormals():
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     pl.seed_everything(args.seed, workers=True)
     ae_cfg, ldm_cfg = load_configs(args.ae_config, args.ldm_config, args.set)
     out = Path(args.out)
