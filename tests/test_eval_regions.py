@@ -28,8 +28,9 @@ def test_pww_beats_no_pww_by_a_clear_margin():
 
 def test_shipped_autoencoder_keeps_colours_at_128_px():
     """The shipped VAE must round-trip 128 px shapes images well enough that segmenting them by
-    colour, as the region eval does, still finds each object (a VAE trained on 64 px images for
-    14 min here measured 25.7 dB and mean colour IoU 0.83; the shipped one must do better)."""
+    colour, as the region eval does, still finds each object. On these 12 images the shipped VAE
+    measures 31.9 dB and mean colour IoU 0.94; the one trained on 64 px images in 14 min on the
+    CPU measures 26.2 dB and 0.88, and fails the PSNR bound."""
     import numpy as np
     import torch
     from PIL import Image
@@ -54,5 +55,6 @@ def test_shipped_autoencoder_keeps_colours_at_128_px():
         for colour in COLORS.values():
             want = segment(a, colour)
             if want.sum() >= 40:
-                ious.append((want & segment(b, colour)).sum() / (want | segment(b, colour)).sum())
+                got = segment(b, colour)
+                ious.append((want & got).sum() / (want | got).sum())
     assert np.mean(ious) > 0.85, ious
