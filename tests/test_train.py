@@ -185,3 +185,70 @@ def test_autoencoder_betas_come_from_the_config() -> None:
     assert opt.param_groups[0]["betas"] == tuple(cfg.lightning.module.params.betas) != (0.5, 0.9)
     assert opt.param_groups[0]["lr"] == pytest.approx(
         float(cfg.model.base_learning_rate) / cfg.lightning.module.params.warmup_steps)
+
+
+def test_min_snr_weights_cap_the_nearly_clean_timesteps(tmp_path: Path) -> None:
+    _, ldm_path = tiny_configs(tmp_path)
+    cfg = OmegaConf.load(ldm_path)
+    plain = run.make_module(cfg)
+    cfg.lightning.module.params.snr_gamma = 5.0
+    capped = run.make_module(cfg)
+    t = torch.tensor([0, 100, 400, 999])
+    ac = capped.model.alphas_cumprod[t].double()
+    snr = ac / (1 - ac)
+    assert snr[0] > 5 > snr[-1]  # the schedule spans both sides of gamma
+    expected = torch.where(snr > 5, 5 / snr, torch.ones_like(snr))
+    assert torch.allclose(capped.timestep_weights(t).double(), expected, rtol=1e-5)
+    assert torch.equal(plain.timestep_weights(t), torch.ones(4))
+
+
+def test_optimizers_use_the_fused_kernel_on_this_torch() -> None:
+    cfg = OmegaConf.load(DEMO / "autoencoder.yaml")
+    opt = run.make_module(cfg).configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True  # torch 2.13 on CPU: one kernel, not a per-tensor loop
+
+
+def test_counting_sampler_gives_each_rank_its_share_of_the_stream(monkeypatch) -> None:
+    from pww_ldm.train.shapes import CountingSampler
+
+    def first(sampler: CountingSampler, n: int) -> list[int]:
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    assert first(CountingSampler(10, batch_size=3), 6) == [10, 11, 12, 13, 14, 15]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    ranks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        ranks.append(first(CountingSampler(10, batch_size=3), 6))
+    # step 1 reads 10..15 (rank 0: 10-12, rank 1: 13-15), step 2 reads 16..21
+    assert ranks == [[10, 11, 12, 16, 17, 18], [13, 14, 15, 19, 20, 21]]
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_stage_and_hand_back_its_weights(tmp_path: Path) -> None:
+    ae_cfg, ldm_cfg = tiny_configs(tmp_path)
+    out = tmp_path / "run"
+    common = ["--ae-config", str(ae_cfg), "--ldm-config", str(ldm_cfg), "--out", str(out),
+              "--export-dir", str(tmp_path / "export"), "--accelerator", "cpu", "--minutes", "5",
+              "--devices", "2", "--threads", "1"]
+    summary = run.main([*common, "--max-steps", "3"])
+    assert math.isfinite(summary["autoencoder_loss"]) and math.isfinite(summary["ldm_loss"])
+    assert _ckpt_state(out / "ldm" / "last.ckpt")[0] == 3
+    assert pww_ldm.load_model(tmp_path / "export" / "model.safetensors").scale_factor == \
+        pytest.approx(summary["scale_factor"])
+    step, state = _ckpt_state(out / "autoencoder" / "last.ckpt")
+    assert step == 3
+    # the parent process holds what the ranks trained (it exports it)
+    from safetensors.torch import load_file
+    exported = load_file(str(out / "autoencoder" / run.AE_WEIGHTS))
+    for key, value in exported.items():
+        torch.testing.assert_close(value, state["model." + key], rtol=0, atol=0)
+    run.main([*common, "--stage", "autoencoder", "--resume", "--max-steps", "5"])
+    assert _ckpt_state(out / "autoencoder" / "last.ckpt")[0] == 5
+
+
+def test_several_devices_need_the_cpu(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--accelerator cpu"):
+        run.main(["--devices", "2", "--accelerator", "gpu", "--out", str(tmp_path)])

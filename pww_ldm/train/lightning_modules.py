@@ -21,6 +21,14 @@ from ..models.autoencoder import AutoencoderKL
 from ..models.latent_diffusion import LatentDiffusion
 
 
+def adamw(params: list[nn.Parameter], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused where this torch has the fused kernel for the parameters' device (CUDA; CPU
+    from torch 2.4): one kernel over all tensors instead of a Python loop, 4x faster on CPU."""
+    on_cuda = params[0].is_cuda
+    fused = on_cuda or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    return torch.optim.AdamW(params, fused=fused, **kwargs)
+
+
 def warmup_lambda(warmup_steps: int):
     """LR multiplier: linear from ~0 to 1 over `warmup_steps`, then 1."""
     return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
@@ -66,7 +74,7 @@ class AutoencoderTrainer(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """AdamW (CompVis's autoencoder betas unless the config sets them), linear warm-up."""
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr,
+        opt = adamw(list(self.model.parameters()), lr=self.hparams.lr,
                                 betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
@@ -80,11 +88,15 @@ class LatentDiffusionTrainer(pl.LightningModule):
     trained AutoencoderKL's state_dict (None when resuming: the checkpoint holds it).
     The latent scale is 1/std of the first batch's latents (CompVis's scale_by_std). An EMA copy
     of the trained parts is kept and is what `export_state_dict` returns.
+    snr_gamma: None for CompVis's plain eps MSE; a number weights each sample's MSE by
+    min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al. 2023), which stops the nearly clean
+    timesteps from dominating the gradient.
     """
 
     def __init__(self, model_config: dict, first_stage_state: dict | None = None,
                  lr: float = 2e-4, warmup_steps: int = 500, ucg_rate: float = 0.1,
-                 ema_decay: float = 0.999, weight_decay: float = 0.01) -> None:
+                 ema_decay: float = 0.999, weight_decay: float = 0.01,
+                 snr_gamma: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["first_stage_state"])
         params = dict(model_config["params"])
@@ -130,7 +142,8 @@ class LatentDiffusionTrainer(pl.LightningModule):
         captions = list(batch["caption"])
         z = self.latents(batch)
         if self.global_step == 0 and float(self.model.scale_factor) == 1.0:  # a fresh run
-            self.model.scale_factor.fill_(1.0 / z.flatten().std().item())
+            # over every rank's first batch, so that all ranks scale alike
+            self.model.scale_factor.fill_(1.0 / self.all_gather(z).flatten().std().item())
             self.print(f"scale_factor = {float(self.model.scale_factor):.5f} (1/std of the latents)")
         z = z * self.model.scale_factor
         drop = torch.rand(len(captions)) < self.hparams.ucg_rate
@@ -141,9 +154,18 @@ class LatentDiffusionTrainer(pl.LightningModule):
         a = self.model.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
         s = self.model.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
         eps = self.model.apply_model(a * z + s * noise, t, context)
-        loss = F.mse_loss(eps, noise)
+        loss = self.timestep_weights(t) * (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = loss.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
+
+    def timestep_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights (B,) for timesteps t (B,): ones, or the Min-SNR weights."""
+        if self.hparams.snr_gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        ac = self.model.alphas_cumprod[t].float()
+        snr = ac / (1.0 - ac)
+        return snr.clamp(max=float(self.hparams.snr_gamma)) / snr
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """EMA update with CompVis's warm-up of the decay: min(decay, (1+n)/(10+n))."""
@@ -157,7 +179,7 @@ class LatentDiffusionTrainer(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW over the UNet and the text encoder, linear warm-up."""
         params = list(self.model.model.parameters()) + list(self.model.cond_stage_model.parameters())
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = adamw(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
