@@ -141,8 +141,7 @@ class LatentDiffusionTrainer(pl.LightningModule):
         captions = list(batch["caption"])
         z = self.latents(batch)
         if self.global_step == 0 and float(self.model.scale_factor) == 1.0:  # a fresh run
-            # over every rank's first batch, so that all ranks scale alike
-            self.model.scale_factor.fill_(1.0 / self.all_gather(z).flatten().std().item())
+            self.model.scale_factor.fill_(1.0 / z.flatten().std().item())
             self.print(f"scale_factor = {float(self.model.scale_factor):.5f} (1/std of the latents)")
         z = z * self.model.scale_factor
         drop = torch.rand(len(captions)) < self.hparams.ucg_rate

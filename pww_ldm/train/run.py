@@ -28,7 +28,6 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.strategies import DDPStrategy
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
@@ -58,35 +57,6 @@ class LossTracker(Callback):
     def mean(self) -> float:
         """Mean of the kept losses (nan when none)."""
         return sum(self.values) / len(self.values) if self.values else float("nan")
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in the stage's checkpoint: how the parent of forked ranks learns the loss."""
-        return {"values": list(self.values)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the kept losses (resume, or reading a finished stage's checkpoint)."""
-        self.values.clear()
-        self.values.extend(state_dict["values"])
-
-
-class SaveLastOnTrainEnd(Callback):
-    """Writes the stage's last.ckpt when training ends, inside the training process(es).
-
-    With several ranks (forked processes) only they hold the loop's state (global step, optimizer,
-    callbacks), so the final checkpoint must be written there, not by the parent after `fit`.
-    Every rank calls save_checkpoint (it synchronises); rank 0 writes a temporary file and
-    renames it, so last.ckpt is always complete.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        """Save, then atomically rename on rank 0."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
 
 
 def _atomic(path: Path, write) -> Path:
@@ -136,14 +106,12 @@ def _steps_done(ckpt: Path | None) -> int:
 
 def fit_stage(module: pl.LightningModule, cfg: Any, stage_dir: Path, *, minutes: float,
               resume: bool, accelerator: str = "auto", max_steps: int | None = None,
-              progress: bool = True, dataset: Dataset | None = None, devices: int = 1
+              progress: bool = True, dataset: Dataset | None = None
               ) -> tuple[pl.LightningModule, float]:
     """Fit one stage on `dataset` (default: the config's); returns (module, mean of the last losses).
 
     cfg: the stage's CompVis config (`data`, `lightning.trainer`). The data stream continues at
-    global_step * batch_size * devices on resume, so a resumed run (with the same `devices`) sees
-    new samples. devices > 1: that many CPU processes forked from this one (DDP over gloo), each
-    with one thread and `data.batch_size` samples a step; their weights come back to `module`.
+    global_step * batch_size on resume, so a resumed run sees new samples.
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
     last = stage_dir / "last.ckpt"
@@ -151,28 +119,23 @@ def fit_stage(module: pl.LightningModule, cfg: Any, stage_dir: Path, *, minutes:
     batch_size = int(cfg.data.batch_size)
     dataset = instantiate_from_config(cfg.data) if dataset is None else dataset
     workers = int(cfg.data.get("num_workers", 0))
-    start = _steps_done(ckpt) * batch_size * devices
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        sampler=CountingSampler(start, batch_size),
+                        sampler=CountingSampler(_steps_done(ckpt) * batch_size),
                         persistent_workers=workers > 0, pin_memory=accelerator == "gpu")
     tracker = LossTracker()
     trainer_cfg = dict(OmegaConf.to_container(cfg.lightning.trainer, resolve=True))
     if max_steps is not None:
         trainer_cfg["max_steps"] = max_steps
-    # fork: the ranks share the parent's data (the latent cache) copy-on-write, nothing pickled
-    strategy = DDPStrategy(start_method="fork") if devices > 1 else "auto"
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy,
-        max_time=timedelta(minutes=minutes),
+        accelerator=accelerator, devices=1, max_time=timedelta(minutes=minutes),
         logger=CSVLogger(str(stage_dir), name="logs"), default_root_dir=str(stage_dir),
-        callbacks=[tracker, TQDMProgressBar(refresh_rate=25), SaveLastOnTrainEnd(last),
+        callbacks=[tracker, TQDMProgressBar(refresh_rate=25),
                    ModelCheckpoint(dirpath=str(stage_dir), save_last=True, save_top_k=0,
                                    train_time_interval=timedelta(minutes=3))],
         use_distributed_sampler=False, enable_progress_bar=progress, enable_model_summary=progress,
         num_sanity_val_steps=0, limit_val_batches=0, **trainer_cfg)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if ckpt else None)
-    saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-    tracker.load_state_dict(saved["callbacks"][tracker.state_key])
+    _atomic(last, lambda tmp: trainer.save_checkpoint(str(tmp)))
     return module, tracker.mean
 
 
@@ -271,9 +234,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--devices", type=int, default=1,
-                   help="CPU training processes (DDP, forked; each runs one thread): on 2 cores "
-                        "--devices 2 trains 1.4x faster than one process with 2 threads")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. ldm.data.batch_size=64 ae.model.base_learning_rate=1e-4")
     return p.parse_args(argv)
@@ -294,11 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     pl.seed_everything(args.seed, workers=True)
     ae_cfg, ldm_cfg = load_configs(args.ae_config, args.ldm_config, args.set)
     out = Path(args.out)
-    if args.devices > 1 and args.accelerator not in ("cpu",):
-        raise SystemExit(f"--devices {args.devices} forks CPU training processes: use it with "
-                         "--accelerator cpu (on a GPU train with --devices 1)")
-    fit = dict(resume=args.resume, accelerator=args.accelerator, max_steps=args.max_steps,
-               devices=args.devices)
+    fit = dict(resume=args.resume, accelerator=args.accelerator, max_steps=args.max_steps)
     summary: dict[str, Any] = {}
     ae_weights = out / "autoencoder" / AE_WEIGHTS
     if args.stage in ("all", "autoencoder"):

@@ -217,23 +217,14 @@ class ShapesDataset(Dataset):
 
 
 class CountingSampler(Sampler[int]):
-    """The endless index stream start, start+1, ...: a resumed run continues where it stopped.
+    """Indices start, start+1, ... without end: a resumed run continues the stream."""
 
-    Under torch.distributed (one process per rank) each global step takes the next
-    batch_size * world_size indices and rank r reads its own batch_size of them, so the ranks see
-    disjoint data and the stream is the same one a single process with the global batch reads.
-    The rank is read when iteration starts (after the process group exists).
-    """
-
-    def __init__(self, start: int = 0, batch_size: int = 1) -> None:
-        self.start, self.batch_size = start, batch_size
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        """Yield this rank's indices, forever."""
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        block = self.start + rank * self.batch_size
+        """Yield start, start + 1, ... forever."""
+        i = self.start
         while True:
-            yield from range(block, block + self.batch_size)
-            block += self.batch_size * world
+            yield i
+            i += 1
