@@ -74,8 +74,7 @@ class AutoencoderTrainer(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW (CompVis's autoencoder betas unless the config sets them), linear warm-up."""
         opt = adamw(list(self.model.parameters()), lr=self.hparams.lr,
-                                betas=tuple(self.hparams.betas),
-                                weight_decay=self.hparams.weight_decay)
+                    betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -152,9 +151,11 @@ class LatentDiffusionTrainer(pl.LightningModule):
         a = self.model.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
         s = self.model.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
         eps = self.model.apply_model(a * z + s * noise, t, context)
-        loss = self.timestep_weights(t) * (eps - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = loss.mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
+        mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (self.timestep_weights(t) * mse).mean()
+        # train/mse: the plain eps MSE, comparable across weightings
+        self.log_dict({"train/loss": loss, "train/mse": mse.detach().mean()}, prog_bar=True,
+                      batch_size=z.shape[0])
         return loss
 
     def timestep_weights(self, t: torch.Tensor) -> torch.Tensor:
