@@ -190,6 +190,7 @@ def test_autoencoder_betas_come_from_the_config() -> None:
 def test_min_snr_weights_cap_the_nearly_clean_timesteps(tmp_path: Path) -> None:
     _, ldm_path = tiny_configs(tmp_path)
     cfg = OmegaConf.load(ldm_path)
+    cfg.lightning.module.params.snr_gamma = None  # CompVis's plain eps MSE
     plain = run.make_module(cfg)
     cfg.lightning.module.params.snr_gamma = 5.0
     capped = run.make_module(cfg)
