@@ -207,4 +207,3 @@ def test_optimizers_use_the_fused_kernel_on_this_torch() -> None:
     cfg = OmegaConf.load(DEMO / "autoencoder.yaml")
     opt = run.make_module(cfg).configure_optimizers()["optimizer"]
     assert opt.defaults["fused"] is True  # torch 2.13 on CPU: one kernel, not a per-tensor loop
-

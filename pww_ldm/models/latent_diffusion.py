@@ -123,6 +123,13 @@ class LatentDiffusion(nn.Module):
         """The device of the UNet's weights."""
         return self.model.diffusion_model.time_embed[0].weight.device
 
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_start (B, C, h, w) noised to DDPM timesteps t (B,) with `noise` (B, C, h, w):
+        sqrt(alpha_bar_t) x_start + sqrt(1 - alpha_bar_t) noise, in x_start's dtype."""
+        a = self.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1).to(x_start.dtype)
+        s = self.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1).to(x_start.dtype)
+        return a * x_start + s * noise
+
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor,
                     cond: torch.Tensor | UNetContext) -> torch.Tensor:
         """Noise prediction: x_noisy (B, 4, h, w), t (B,), cond (B, 77, C) or UNetContext."""

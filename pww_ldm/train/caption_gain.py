@@ -26,8 +26,7 @@ def caption_gain(model: Any, n: int = 128, seed: int = 777, size: int = 128,
     to their posterior means (n, 4, size/8, size/8); the noise is seeded by `seed`.
     """
     items = [ShapesDataset(size, seed=seed)[i] for i in range(n)]
-    device = next(model.parameters()).device
-    dtype = next(model.model.parameters()).dtype
+    device, dtype = model.device, model.unet_dtype
     images = torch.stack([it["image"] for it in items]).to(device, dtype)
     z = model.encode_first_stage(images).mean * model.scale_factor
     right = model.get_learned_conditioning([it["caption"] for it in items])
@@ -38,9 +37,7 @@ def caption_gain(model: Any, n: int = 128, seed: int = 777, size: int = 128,
     for step in timesteps:
         noise = torch.randn(z.shape, generator=generator).to(device, dtype)
         t = torch.full((n,), step, device=device, dtype=torch.long)
-        a = model.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1).to(dtype)
-        s = model.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1).to(dtype)
-        noisy = a * z + s * noise
+        noisy = model.q_sample(z, t, noise)
         row = {"t": step}
         for name, context in contexts.items():
             eps = model.apply_model(noisy, t, context)

@@ -148,9 +148,7 @@ class LatentDiffusionTrainer(pl.LightningModule):
         context = self.model.cond_stage_model(captions)
         t = torch.randint(0, self.model.num_timesteps, (z.shape[0],), device=z.device)
         noise = torch.randn_like(z)
-        a = self.model.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
-        s = self.model.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
-        eps = self.model.apply_model(a * z + s * noise, t, context)
+        eps = self.model.apply_model(self.model.q_sample(z, t, noise), t, context)
         mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (self.timestep_weights(t) * mse).mean()
         # train/mse: the plain eps MSE, comparable across weightings
