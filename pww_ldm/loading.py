@@ -25,18 +25,15 @@ from .config import instantiate_from_config
 from .kernels import set_attention_kernel
 from .models.latent_diffusion import LatentDiffusion
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-V1_CONFIG = REPO_ROOT / "configs" / "v1-inference.yaml"
+# Package data (setup.cfg), so a wheel install finds it; configs/v1-inference.yaml links to it.
+V1_CONFIG = "data/configs/v1-inference.yaml"
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 CROSS_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 
 def default_v1_config() -> Any:
-    """The SD v1 inference config (configs/v1-inference.yaml, also shipped in the package)."""
-    if V1_CONFIG.is_file():
-        return OmegaConf.load(V1_CONFIG)
-    text = resources.files("pww_ldm").joinpath("data/v1-inference.yaml").read_text()
-    return OmegaConf.create(text)
+    """The SD v1 inference config, CompVis's configs/v1-inference.yaml, read from the package."""
+    return OmegaConf.create(resources.files("pww_ldm").joinpath(V1_CONFIG).read_text(encoding="utf-8"))
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], path: str | os.PathLike = "") -> Any:
@@ -126,6 +123,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     CPU, float16 on CUDA. vae_dtype: default float32 everywhere (fp16 SD VAEs can decode to NaN).
     attention: kernel name (auto, sdpa, xformers, math). The schedule stays float32.
     compile: torch.compile the UNet in place (keys unchanged; the first call is slow).
+    The model's `checkpoint_path` is the file's resolved path (infotext.model_settings names
+    the model in PNG metadata from it).
     """
     path = Path(path)
     device = torch.device(device) if device is not None else default_device()
@@ -155,6 +154,7 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     model.eval().requires_grad_(False)
     if compile:
         model.model.diffusion_model.compile()
+    model.checkpoint_path = path.resolve()
     return model
 
 
