@@ -26,8 +26,7 @@ from pww_ldm.config import instantiate_from_config  # noqa: E402
 from pww_ldm.kernels import set_attention_kernel  # noqa: E402
 from pww_ldm.loading import default_v1_config  # noqa: E402
 from pww_ldm.models.latent_diffusion import LatentDiffusion  # noqa: E402
-from pww_ldm.pipeline import attention_grids  # noqa: E402
-from pww_ldm.region import RegionContext  # noqa: E402
+from pww_ldm.region import PaintWithWords, RegionContext  # noqa: E402
 
 PROMPT = "realistic photo of a dog, cat, tree, with beautiful sky, on sandy ground"
 # Five regions of a 512x512 map: sky band on top, tree / dog / cat in the middle, ground below.
@@ -173,7 +172,7 @@ def region_context(model: LatentDiffusion, width: int = 512, height: int = 512) 
                                   tokenizer=model.cond_stage_model.tokenizer)
     assert regions.is_active and len(regions.regions) == 5
     # as the pipeline does: the weight maps of every attention grid before the first step
-    regions.prepare(attention_grids(model, height // 8, width // 8), model.device,
+    regions.prepare(model.attention_grids(height // 8, width // 8), model.device,
                     torch.promote_types(model.unet_dtype, torch.float32))
     return regions
 
@@ -194,8 +193,8 @@ def unet_inputs(model: LatentDiffusion, latent: int = 64, batch: int = 2, seed: 
 def ours_step_fn(unet: torch.nn.Module, inputs: dict[str, torch.Tensor],
                  regions: RegionContext | None = None) -> Any:
     """A closure running one UNet call as the sampler does (UNetContext; regions on cond rows)."""
-    rows = slice(1, 2) if regions is not None else None
-    context = UNetContext(inputs["emb"], inputs["sigma"], regions, region_rows=rows)
+    plugins = (PaintWithWords(regions),) if regions is not None else ()
+    context = UNetContext(inputs["emb"], inputs["sigma"], plugins, cond_rows=slice(1, 2))
     return lambda: unet(inputs["x"], inputs["t"], context=context)
 
 

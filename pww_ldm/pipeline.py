@@ -1,31 +1,34 @@
 """txt2img / img2img / paint_with_words: the one place that knows all the parts.
 
-prompt -> text embeddings; colour map + context -> RegionContext; seeds -> noise; the sampler
-runs the UNet with a UNetContext carrying sigma and the regions; the VAE decodes. Images come
-back as PIL images whose `info["parameters"]` holds the settings in the SD web UIs' format.
+prompt -> text embeddings; colour map + context -> RegionContext -> the Paint-with-Words
+attention plug-in; seeds -> noise (drawn once, per-region seeds blended in); the sampler runs the
+UNet with a UNetContext carrying sigma and the plug-ins; the VAE decodes. Images come back as PIL
+images whose `info["parameters"]` holds the settings in the SD web UIs' format. The pipeline asks
+the other parts (the UNet for its attention grids, the RegionContext for its metadata) instead
+of reaching into them.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
 from .checkpoint import ArchitectureMismatchError
+from .conditioning import AttentionPlugin
 from .images import check_size, from_pil, to_pil
 from .models.latent_diffusion import LatentDiffusion
-from .models.unet import Downsample
-from .region import RegionContext
-from .samplers.noise import initial_noise
-from .samplers.registry import get_sampler
+from .region import PaintWithWords, RegionContext
+from .samplers.options import SamplingOptions
 from .samplers.run import sample_latents
 from .vae import decode_latents, encode_images
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
+OPTION_KEYS = ("sampler", "steps", "guidance_scale", "eta", "strength", "sampler_options")
 
 
 def resolve_size(width: int | None, height: int | None, reference: Image.Image | None
@@ -44,15 +47,14 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**32) if seed is None or seed == -1 else int(seed)
 
 
-def attention_grids(model: LatentDiffusion, h: int, w: int) -> list[tuple[int, int]]:
-    """The (h, w) grids of the UNet levels for an h x w latent: each level halves, rounding up
-    (stride-2 convs with padding 1)."""
-    unet = model.model.diffusion_model
-    grids = [(h, w)]
-    for _ in range(sum(isinstance(m, Downsample) for m in unet.modules())):
-        h, w = (h + 1) // 2, (w + 1) // 2
-        grids.append((h, w))
-    return grids
+def sampling_options(kwargs: dict[str, Any], img2img: bool) -> SamplingOptions:
+    """Pop the sampling keywords (sampler, steps, guidance_scale, eta, strength, sampler_options)
+    out of `kwargs` into one checked SamplingOptions; strength only counts for img2img."""
+    given = {k: kwargs.pop(k) for k in OPTION_KEYS if k in kwargs}
+    strength = given.pop("strength", None)
+    if img2img:
+        given["strength"] = 0.5 if strength is None else strength
+    return SamplingOptions(**given)
 
 
 def _parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, Any]) -> str:
@@ -61,64 +63,81 @@ def _parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, A
     return f"{prompt}{negative}\n{line}"
 
 
-@torch.inference_mode()
-def generate(model: LatentDiffusion, prompt: str, *, negative_prompt: str = "", steps: int = 30,
-             guidance_scale: float = 7.5, seed: int | None = 0, sampler: str = "euler_a",
-             width: int = 512, height: int = 512, n_images: int = 1,
-             regions: RegionContext | None = None, init_image: Image.Image | None = None,
-             strength: float = 0.5, eta: float | None = None, progress: bool = True,
-             callback: Callable[[dict], None] | None = None,
-             sampler_options: Mapping[str, Any] | None = None,
-             extra_parameters: Mapping[str, Any] | None = None) -> list[Image.Image]:
-    """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
-
-    Image i uses seed + i (initial noise, ancestral noise, img2img encoding), so a batch equals
-    single runs. regions: a RegionContext (inactive or None = plain Stable Diffusion). Returns
-    width x height RGB PIL images with `info["parameters"]`.
-    """
-    check_size(width, height)
+def _check_model(model: LatentDiffusion, n_images: int) -> None:
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
     factor = model.first_stage_model.downsample_factor
     if factor != LATENT_FACTOR:
         raise ArchitectureMismatchError(f"the model's VAE downsamples by {factor}; the pipeline "
                                         f"needs SD's factor {LATENT_FACTOR}")
-    seed = resolve_seed(seed)
-    seeds = [seed + i for i in range(n_images)]
-    spec = get_sampler(sampler)
-    device = model.device
+
+
+def _plugins(model: LatentDiffusion, regions: RegionContext | None, latent_hw: tuple[int, int],
+             n_tokens: int, extra: Sequence[AttentionPlugin]) -> list[AttentionPlugin]:
+    """Paint-with-Words first (when it biases anything), then the caller's plug-ins."""
+    plugins = list(extra)
+    if regions is not None and regions.is_active:
+        grids = model.attention_grids(*latent_hw)
+        regions.prepare(grids, model.device, torch.promote_types(model.unet_dtype, torch.float32),
+                        n_tokens)
+        plugins.insert(0, PaintWithWords(regions))
+    return plugins
+
+
+def _settings(options: SamplingOptions, width: int, height: int, img2img: bool,
+              extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {"Steps": options.steps, "Sampler": options.spec.label,
+                                "CFG scale": options.guidance_scale, "Seed": None,
+                                "Size": f"{width}x{height}"}
+    if img2img:
+        settings["Denoising strength"] = options.strength
+    if options.eta is not None:
+        settings["Eta"] = options.eta
+    settings.update(extra or {})
+    return settings
+
+
+@torch.inference_mode()
+def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | None = None, *,
+             negative_prompt: str = "", seed: int | None = 0, width: int = 512, height: int = 512,
+             n_images: int = 1, regions: RegionContext | None = None,
+             plugins: Sequence[AttentionPlugin] = (), init_image: Image.Image | None = None,
+             progress: bool = True, callback: Callable[[dict], None] | None = None,
+             extra_parameters: Mapping[str, Any] | None = None, **sampling: Any) -> list[Image.Image]:
+    """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
+
+    options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
+    steps=, guidance_scale=, eta=, strength=, sampler_options=). Image i uses seed + i (initial
+    noise, ancestral noise, img2img encoding), so a batch equals single runs. regions: a
+    RegionContext (inactive or None = plain Stable Diffusion); plugins: further attention
+    plug-ins. Returns width x height RGB PIL images with `info["parameters"]`.
+    """
+    if options is None:
+        options = sampling_options(sampling, img2img=init_image is not None)
+    elif sampling:
+        raise TypeError(f"give the sampling settings in `options` or as keywords, not both: "
+                        f"{sorted(sampling)}")
+    check_size(width, height)
+    _check_model(model, n_images)
+    seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
     cond = model.get_learned_conditioning([prompt])
-    uncond = model.get_learned_conditioning([negative_prompt]) if guidance_scale != 1.0 else None
-    active = regions if regions is not None and regions.is_active else None
-
-    if active is not None:
-        active.prepare(attention_grids(model, shape[1], shape[2]), device,
-                       torch.promote_types(model.unet_dtype, torch.float32))
-    noise = None
-    if regions is not None and any(r.seed is not None for r in regions.regions):
-        noise = regions.initial_noise(initial_noise(seeds, shape, device=device))
+    guided = options.guidance_scale != 1.0
+    uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
+    active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
+    seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 
     init_latent = None
     if init_image is not None:
-        pixels = from_pil(init_image, width, height).to(device).expand(n_images, -1, -1, -1)
+        pixels = from_pil(init_image, width, height).to(model.device).expand(n_images, -1, -1, -1)
         init_latent = encode_images(model, pixels, seeds)
-
     latents = sample_latents(
-        model, sampler=sampler, steps=steps, cond=cond, uncond=uncond,
-        guidance_scale=guidance_scale, shape=shape, seeds=seeds, regions=active,
-        init_latent=init_latent, strength=strength if init_image is not None else None,
-        initial_noise=noise, eta=eta, device=device, callback=callback,
-        disable_progress=not progress, sampler_options=sampler_options)
+        model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
+        init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
+        device=model.device, callback=callback, disable_progress=not progress)
     images = to_pil(decode_latents(model, latents))
 
-    settings: dict[str, Any] = {"Steps": steps, "Sampler": spec.label, "CFG scale": guidance_scale,
-                                "Seed": None, "Size": f"{width}x{height}"}
-    if init_image is not None:
-        settings["Denoising strength"] = strength
-    if eta is not None:
-        settings["Eta"] = eta
-    settings.update(extra_parameters or {})
+    settings = _settings(options, width, height, init_image is not None, extra_parameters)
     for image, image_seed in zip(images, seeds):
         settings["Seed"] = image_seed
         image.info["parameters"] = _parameters_text(prompt, negative_prompt, settings)
@@ -126,7 +145,10 @@ def generate(model: LatentDiffusion, prompt: str, *, negative_prompt: str = "", 
 
 
 def txt2img(model: LatentDiffusion, prompt: str, **kwargs: Any) -> list[Image.Image]:
-    """Plain Stable Diffusion text-to-image; keywords as `generate` (no regions)."""
+    """Plain Stable Diffusion text-to-image; keywords as `generate`, without regions."""
+    if kwargs.get("regions") is not None:
+        raise ValueError("txt2img is plain Stable Diffusion and takes no regions: call "
+                         "paint_with_words(model, prompt, color_map_image, color_context, ...)")
     kwargs.pop("regions", None)
     return generate(model, prompt, **kwargs)
 
@@ -141,35 +163,28 @@ def img2img(model: LatentDiffusion, prompt: str, init_image: Image.Image, streng
 
 
 def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image.Image | None,
-                     color_context: Any, steps: int = 30, guidance_scale: float = 7.5,
-                     seed: int | None = 0, sampler: str = "euler_a",
-                     weight_function: str | Callable = "max", weight_scale: float | None = None,
-                     negative_prompt: str = "", width: int | None = None,
-                     height: int | None = None, n_images: int = 1,
-                     init_image: Image.Image | None = None, strength: float = 0.5,
-                     resample: str = "area", strict: bool = True,
-                     **kwargs: Any) -> list[Image.Image]:
+                     color_context: Any, weight_function: str | Callable = "max",
+                     weight_scale: float | None = None, width: int | None = None,
+                     height: int | None = None, init_image: Image.Image | None = None,
+                     resample: str = "area", strict: bool = True, **kwargs: Any) -> list[Image.Image]:
     """Paint-with-Words: the painted regions of `color_map_image` steer where their words go.
 
     color_context: {(r, g, b) or "#rrggbb": "label,weight[,seed[,blur]]"}, a list of region
     records, or a JSON/YAML file/string (see pww_ldm.region.parse). Size defaults to the map's
     size rounded down to a multiple of 8 (else 512x512). img2img when `init_image` is given.
-    Other keywords as `generate`. Returns n_images PIL images.
+    Sampling keywords (steps=30, guidance_scale=7.5, sampler="euler_a", seed=0, strength=0.5, ...)
+    and the others as `generate`. Returns n_images PIL images.
     """
+    options = kwargs.pop("options", None) or sampling_options(kwargs, img2img=init_image is not None)
     width, height = resolve_size(width, height, color_map_image or init_image)
     check_size(width, height)
     regions = RegionContext.build(prompt, color_map_image, color_context, width=width,
                                   height=height, tokenizer=model.cond_stage_model.tokenizer,
                                   weight_function=weight_function, weight_scale=weight_scale,
                                   resample=resample, strict=strict)
-    described = [{"color": "#{:02x}{:02x}{:02x}".format(*r.color), "label": r.label, "weight": r.weight,
-                  **({"seed": r.seed} if r.seed is not None else {}),
-                  **({"blur": r.blur} if r.blur else {})} for r in regions.regions]
     fn_name = weight_function if isinstance(weight_function, str) else "custom"
     extra = {"PwW weight function": fn_name, "PwW weight scale": weight_scale,
-             "PwW regions": json.dumps(described)}
+             "PwW regions": json.dumps(regions.describe())}
     extra.update(kwargs.pop("extra_parameters", None) or {})
-    return generate(model, prompt, negative_prompt=negative_prompt, steps=steps,
-                    guidance_scale=guidance_scale, seed=seed, sampler=sampler, width=width,
-                    height=height, n_images=n_images, regions=regions, init_image=init_image,
-                    strength=strength, extra_parameters=extra, **kwargs)
+    return generate(model, prompt, options, width=width, height=height, regions=regions,
+                    init_image=init_image, extra_parameters=extra, **kwargs)

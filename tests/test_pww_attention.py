@@ -10,8 +10,8 @@ from tiny import randomize_, tiny_config
 
 from pww_ldm.conditioning import UNetContext
 from pww_ldm.config import instantiate_from_config
-from pww_ldm.region import RegionContext
-from pww_ldm.region.attention import RegionCrossAttention
+from pww_ldm.models.cross_attention import CrossAttention
+from pww_ldm.region import PaintWithWords, RegionContext
 
 PROMPT = "a photo of a cat and a dog"
 CAT_POSITION = 5  # "a photo of a cat" -> BOS 320 1125 539 320 2368: "cat" is token 5
@@ -45,6 +45,11 @@ def area_weights(mask, grid, level):
     return out
 
 
+def pww_context(emb, sigma, regions, region_rows=None, grid=None):
+    """The UNetContext of a call with the Paint-with-Words plug-in on the rows `region_rows`."""
+    return UNetContext(emb, sigma, (PaintWithWords(regions),), cond_rows=region_rows, grid=grid)
+
+
 def capture_cross_attention(unet):
     records = []
 
@@ -52,7 +57,7 @@ def capture_cross_attention(unet):
         records.append((module, args[0], kwargs["context"], output))
 
     handles = [m.register_forward_hook(hook, with_kwargs=True)
-               for m in unet.modules() if isinstance(m, RegionCrossAttention)]
+               for name, m in unet.named_modules() if name.endswith("attn2")]
     return records, handles
 
 
@@ -70,7 +75,7 @@ def test_bias_at_every_layer_matches_the_formula(size, grids):
     x = torch.randn(2, 4, height // 8, width // 8, generator=g)
     emb = torch.randn(2, 77, 32, generator=g)
     sigma = torch.tensor([3.0, 3.0])
-    ctx = UNetContext(emb, sigma, regions, region_rows=slice(1, 2))
+    ctx = pww_context(emb, sigma, regions, region_rows=slice(1, 2))
     records, handles = capture_cross_attention(unet)
     with torch.no_grad():
         unet(x, torch.tensor([500.0, 500.0]), ctx)
@@ -111,7 +116,7 @@ def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
     sigma = torch.tensor([2.0, 5.0, 2.0, 5.0], dtype=torch.float64)
     t = torch.tensor([400.0, 700.0, 400.0, 700.0])
     # a CFG batch of 2 images: rows [uncond0, uncond1, cond0, cond1]
-    ctx = UNetContext(emb, sigma, regions, region_rows=slice(2, 4))
+    ctx = pww_context(emb, sigma, regions, region_rows=slice(2, 4))
     with torch.no_grad():
         batched = unet(x, t, ctx)
         for row in range(4):
@@ -119,10 +124,10 @@ def test_batched_cfg_equals_separate_calls_and_batches_equal_singles():
                 single = unet(x[row:row + 1], t[row:row + 1], emb[row:row + 1])
             else:
                 single = unet(x[row:row + 1], t[row:row + 1],
-                              UNetContext(emb[row:row + 1], sigma[row:row + 1], regions,
+                              pww_context(emb[row:row + 1], sigma[row:row + 1], regions,
                                           region_rows=slice(0, 1)))
             assert (batched[row:row + 1] - single).abs().max().item() < 1e-8
-        wrong = unet(x, t, UNetContext(emb, sigma, regions, region_rows=slice(0, 2)))
+        wrong = unet(x, t, pww_context(emb, sigma, regions, region_rows=slice(0, 2)))
         assert (wrong[:2] - batched[:2]).abs().max().item() > 1e-6  # 100x the tolerance
 
 
@@ -130,24 +135,37 @@ def test_region_rows_in_the_middle_leave_rows_on_both_sides_plain():
     unet, regions, x, emb = _fp64_case(3, seed=5)
     sigma, t = torch.full((3,), 3.0, dtype=torch.float64), torch.full((3,), 500.0)
     with torch.no_grad():
-        batched = unet(x, t, UNetContext(emb, sigma, regions, region_rows=slice(1, 2)))
+        batched = unet(x, t, pww_context(emb, sigma, regions, region_rows=slice(1, 2)))
         plain = unet(x, t, emb)
-        middle = unet(x[1:2], t[1:2], UNetContext(emb[1:2], sigma[1:2], regions))
+        middle = unet(x[1:2], t[1:2], pww_context(emb[1:2], sigma[1:2], regions))
     assert (batched[[0, 2]] - plain[[0, 2]]).abs().max().item() < 1e-8
     assert (batched[1:2] - middle).abs().max().item() < 1e-8
     assert (batched[1] - plain[1]).abs().max().item() > 1e-6  # the middle row did get a bias
 
 
+class ProbsRecorder:
+    """A plug-in that only observes the cross-attention probabilities of the cond rows."""
+
+    acts_on = "cond"
+
+    def hooks(self, kind):
+        return (False, kind == "cross")
+
+    def observe(self, probs, call):
+        self.probs = probs
+
+
 def _probs(module, x, regions, weight_sign):
+    recorder = ProbsRecorder()
     ctx = UNetContext(torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2)),
-                      torch.tensor([4.0]), regions, grid=(8, 8))
-    q, k, _ = module.project(x, ctx)
-    return module.region_probs(q, k, ctx.sigma, ctx)[0].mean(0)  # (N, T), mean over heads
+                      torch.tensor([4.0]), (PaintWithWords(regions), recorder), grid=(8, 8))
+    module(x, context=ctx)
+    return recorder.probs[0].mean(0)  # (N, T), mean over heads
 
 
 @pytest.mark.parametrize("weight", [2.0, -2.0])
 def test_weight_moves_attention_mass_only_inside_the_region(weight):
-    module = randomize_(RegionCrossAttention(32, context_dim=32, heads=2, dim_head=16), seed=3)
+    module = randomize_(CrossAttention(32, context_dim=32, heads=2, dim_head=16), seed=3)
     color_map, mask = hand_map(64, 64)
     inside = torch.tensor(area_weights(mask, (8, 8), 0).flatten() == 1.0)
     outside = torch.tensor(area_weights(mask, (8, 8), 0).flatten() == 0.0)

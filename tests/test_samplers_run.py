@@ -41,27 +41,34 @@ def _cond(n, value=0.3):
     return torch.full((n, 5, 6), value)
 
 
+OPTION_KEYS = ("sampler", "steps", "guidance_scale", "eta", "strength", "sampler_options")
+
+
 def _run(model=None, **kw):
     args = dict(sampler="euler_a", steps=6, cond=_cond(1), uncond=_cond(1, -0.2),
                 guidance_scale=3.0, shape=SHAPE, seeds=[11], disable_progress=True)  # fmt: skip
     args.update(kw)
-    return S.sample_latents(FakeLDM() if model is None else model, **args)
+    options = S.SamplingOptions(**{k: args.pop(k) for k in OPTION_KEYS if k in args})
+    if "initial_noise" in args:  # replaces the seeded starting noise
+        noise = args.pop("initial_noise")
+        args["noise_transform"] = lambda _: noise
+    return S.sample_latents(FakeLDM() if model is None else model, options, **args)
 
 
 # ---------------------------------------------------------------- guidance and context
 
 
 def test_cfg_is_one_unet_call_on_uncond_cond_batch():
-    model, regions = FakeLDM(), object()
+    model, plugins = FakeLDM(), (object(),)
     x = torch.randn(3, *SHAPE)
     sigma = torch.full((3,), 2.5)
     cond, uncond = _cond(3, 0.4), _cond(1, -0.1)
     den = S.KDenoiser(S.CFGEpsModel(model), S.DiscreteSchedule(model.alphas_cumprod))
-    out = den(x, sigma, cond=cond, uncond=uncond, guidance_scale=7.5, regions=regions)
+    out = den(x, sigma, cond=cond, uncond=uncond, guidance_scale=7.5, plugins=plugins)
     assert len(model.calls) == 1
     call = model.calls[0]
-    assert call["n"] == 6 and call["ctx"].regions is regions
-    assert call["ctx"].region_rows == slice(3, 6)
+    assert call["n"] == 6 and call["ctx"].plugins == plugins
+    assert call["ctx"].cond_rows == slice(3, 6)
     assert torch.equal(call["ctx"].sigma, torch.cat([sigma, sigma]))
     assert torch.equal(call["ctx"].embeddings, torch.cat([uncond.expand(3, -1, -1), cond]))
     # equals uncond + scale * (cond - uncond) of two separate unguided calls
@@ -74,7 +81,7 @@ def test_cfg_is_one_unet_call_on_uncond_cond_batch():
 def test_no_guidance_runs_only_cond_half(scale, uncond):
     model = FakeLDM()
     _run(model, guidance_scale=scale, uncond=uncond, seeds=[1, 2])
-    assert all(c["n"] == 2 and c["ctx"].region_rows == slice(0, 2) for c in model.calls)
+    assert all(c["n"] == 2 and c["ctx"].cond_rows == slice(0, 2) for c in model.calls)
 
 
 def test_half_precision_model_gets_half_input_and_returns_float32():

@@ -1,6 +1,7 @@
 """The UNet's transformer blocks, as in CompVis ldm/modules/attention.py.
 
-SpatialTransformer -> BasicTransformerBlock -> attn1 (self), attn2 (RegionCrossAttention), ff.
+SpatialTransformer -> BasicTransformerBlock -> attn1 (self), attn2 (cross), ff; both attentions ask
+the plug-ins of a UNetContext (see pww_ldm.conditioning).
 Attribute names match CompVis so `model.diffusion_model.*.transformer_blocks.*` keys load as-is.
 """
 
@@ -12,7 +13,6 @@ from einops import rearrange
 from torch import nn
 
 from ..conditioning import UNetContext
-from ..region.attention import RegionCrossAttention
 from .cross_attention import CrossAttention
 
 
@@ -54,7 +54,7 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Self-attention, region-aware cross-attention and a gated feed-forward, pre-norm."""
+    """Self-attention, cross-attention and a gated feed-forward, pre-norm."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0,
                  context_dim: int | None = None, gated_ff: bool = True,
@@ -62,8 +62,8 @@ class BasicTransformerBlock(nn.Module):
         super().__init__()
         self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
         self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
-        self.attn2 = RegionCrossAttention(dim, context_dim=context_dim, heads=n_heads,
-                                          dim_head=d_head, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads,
+                                    dim_head=d_head, dropout=dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -71,7 +71,8 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
                 ) -> torch.Tensor:
         """x (B, h*w, dim), context (B, 77, context_dim) or UNetContext -> (B, h*w, dim)."""
-        x = self.attn1(self.norm1(x)) + x
+        hooks = context if isinstance(context, UNetContext) else None
+        x = self.attn1(self.norm1(x), unet_context=hooks) + x
         x = self.attn2(self.norm2(x), context=context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -113,7 +114,7 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b c h w -> b (h w) c")
         if self.use_linear:
             x = self.proj_in(x)
-        # The region weights are resampled to this layer's own grid: tell attn2 which it is.
+        # Plug-ins (e.g. region weights resampled per grid) need this layer's own grid.
         if isinstance(context, UNetContext):
             context = context.at_grid(h, w)
         for block in self.transformer_blocks:

@@ -1,6 +1,9 @@
-"""CompVis `CrossAttention` (ldm/modules/attention.py): multi-head attention over a context.
+"""CompVis `CrossAttention` (ldm/modules/attention.py) with the attention plug-in seam.
 
-Attribute names (to_q, to_k, to_v, to_out.0) match CompVis so SD checkpoints load as-is.
+Attribute names (to_q, to_k, to_v, to_out.0) match CompVis so SD checkpoints load as-is. The layer
+knows only the plug-in protocol of `pww_ldm.conditioning`: when the UNetContext carries plug-ins
+that act on this kind of attention, their rows take the explicit path (scores, plug-ins, softmax,
+observers, V); every other row, and every call without such plug-ins, runs the fused kernel.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..conditioning import UNetContext, text_embeddings
+from ..conditioning import AttentionCall, AttentionPlugin, UNetContext, plugin_span, text_embeddings
 from ..kernels import attention
 
 
@@ -43,8 +46,54 @@ class CrossAttention(nn.Module):
         """Heads back together and the output projection: (B, H, N, d) -> (B, N, query_dim)."""
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
-                ) -> torch.Tensor:
-        """x (B, N, query_dim), context (B, M, context_dim) or UNetContext -> (B, N, query_dim)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None,
+                unet_context: UNetContext | None = None) -> torch.Tensor:
+        """x (B, N, query_dim), context (B, M, context_dim) or UNetContext -> (B, N, query_dim).
+
+        Cross-attention gets its text through `context`; self-attention (context None) gets the
+        UNetContext, for its plug-ins only, through `unet_context`.
+        """
+        kind = "self" if context is None else "cross"
+        hooks = context if isinstance(context, UNetContext) else unet_context
+        plugins = hooks.active_plugins(kind) if hooks is not None else []
         q, k, v = self.project(x, context)
-        return self.merge(attention(q, k, v, self.attention_kernel))
+        if not plugins:
+            return self.merge(attention(q, k, v, self.attention_kernel))
+        n = q.shape[0]
+        span = plugin_span(hooks, plugins, n)
+        # Rows no plug-in sees (e.g. the unconditional half of CFG under Paint-with-Words) stay
+        # on the fused kernel and give exactly what plain SD gives. Slices are views: no gather.
+        pieces = [self._explicit(q[span], k[span], v[span], hooks, plugins, span, kind)]
+        if span.start > 0:
+            pieces.insert(0, attention(q[:span.start], k[:span.start], v[:span.start],
+                                       self.attention_kernel))
+        if span.stop < n:
+            pieces.append(attention(q[span.stop:], k[span.stop:], v[span.stop:],
+                                    self.attention_kernel))
+        return self.merge(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hooks: UNetContext,
+                  plugins: list[AttentionPlugin], span: slice, kind: str) -> torch.Tensor:
+        """softmax(plug-ins(QK^T) * scale) V for the rows of `span`: q (m, H, N, d) -> (m, H, N, d)."""
+        # Unscaled scores in float32: weight functions use their max/std, and fp16 scores of
+        # real SD layers overflow once a bias of the same magnitude is added.
+        compute = torch.promote_types(q.dtype, torch.float32)
+        scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))  # (m, H, N, T)
+        n = hooks.sigma.shape[0]
+        calls = []
+        for plugin in plugins:
+            rows = hooks.rows_of(plugin.acts_on, n)
+            local = slice(rows.start - span.start, rows.stop - span.start)
+            call = AttentionCall(kind, hooks.grid, hooks.sigma[rows].to(scores.device, compute),
+                                 rows, self.scale)
+            calls.append((plugin, local, call))
+            if rows.stop > rows.start and plugin.hooks(kind)[0]:
+                if local == slice(0, scores.shape[0]):
+                    scores = plugin.modify_scores(scores, call)
+                else:
+                    scores[local] = plugin.modify_scores(scores[local], call)
+        probs = (scores * self.scale).softmax(dim=-1).to(q.dtype)
+        for plugin, local, call in calls:
+            if local.stop > local.start and plugin.hooks(kind)[1]:
+                plugin.observe(probs[local], call)
+        return torch.matmul(probs, v)

@@ -123,6 +123,10 @@ class LatentDiffusion(nn.Module):
         """The device of the UNet's weights."""
         return self.model.diffusion_model.time_embed[0].weight.device
 
+    def attention_grids(self, latent_h: int, latent_w: int) -> list[tuple[int, int]]:
+        """The (h, w) grids the UNet's attention layers see for a latent_h x latent_w latent."""
+        return self.model.diffusion_model.attention_grids(latent_h, latent_w)
+
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_start (B, C, h, w) noised to DDPM timesteps t (B,) with `noise` (B, C, h, w):
         sqrt(alpha_bar_t) x_start + sqrt(1 - alpha_bar_t) noise, in x_start's dtype."""

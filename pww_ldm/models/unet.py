@@ -225,6 +225,18 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
 
+    def attention_grids(self, h: int, w: int) -> list[tuple[int, int]]:
+        """The distinct (h, w) grids of the UNet's levels for an h x w latent, finest first.
+
+        Each Downsample halves the grid rounding up (stride-2 conv with padding 1, or pooling of
+        an even grid), so the grids are exactly those the SpatialTransformers will see.
+        """
+        grids = [(h, w)]
+        for _ in range(sum(isinstance(m, Downsample) for m in self.modules())):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            grids.append((h, w))
+        return grids
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
                 context: torch.Tensor | UNetContext | None = None) -> torch.Tensor:
         """Predict the noise.

@@ -1,5 +1,8 @@
-"""Paint-with-Words regions: colour-context parsing, token alignment, masks, weight functions,
-per-region noise, and the RegionContext the cross-attention consumes."""
+"""Paint-with-Words regions as data and math: colour-context parsing, token alignment, masks,
+weight functions, per-region noise, the RegionContext, and the attention plug-in that applies it.
+
+Nothing here imports the network (`pww_ldm.models`): the plug-in meets the attention layers only
+through the protocol in `pww_ldm.conditioning`."""
 
 from .context import RegionContext
 from .errors import (
@@ -13,6 +16,7 @@ from .errors import (
 from .masks import gaussian_blur, grid_level, resample_mask
 from .noise import region_noise
 from .parse import Region, load_color_context, parse_color, parse_color_context
+from .plugin import PaintWithWords
 from .tokens import label_positions
 from .weighting import BUILTINS as WEIGHT_FUNCTIONS
 from .weighting import get_weight_function
@@ -22,6 +26,7 @@ __all__ = [
     "ColorMapError",
     "ColorNotInMapError",
     "LabelNotInPromptError",
+    "PaintWithWords",
     "Region",
     "RegionContext",
     "RegionError",

@@ -1,7 +1,9 @@
 """RegionContext: everything Paint-with-Words needs at generation time, built once.
 
-The pipeline builds it from the prompt(s), the colour map and the colour context; the UNet's
-cross-attention layers call `bias` with their scores and grid; the sampler calls `initial_noise`.
+The pipeline builds it from the prompt(s), the colour map and the colour context; the
+Paint-with-Words plug-in (`region.plugin`) calls `bias` with each cross-attention layer's scores
+and grid; the sampler calls `initial_noise` on its starting noise. Pure data and math: nothing
+here knows the network.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .parse import Region, hex_color, parse_color_context
 from .tokens import Tokenizer, label_positions
 from .weighting import WeightFunction, get_weight_function
 
-N_TOKENS = 77
+N_TOKENS = 77  # one CLIP chunk; long prompts have 77 * k token columns
 
 
 def _map_colors(rgb: np.ndarray, limit: int = 12) -> str:
@@ -134,22 +136,24 @@ class RegionContext:
         w: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        n_tokens: int = N_TOKENS,
     ) -> torch.Tensor:
-        """(n_images, h*w, 77) sum over regions of weight * mask resampled to the (h, w) grid.
+        """(n_images, h*w, n_tokens) sum over regions of weight * mask resampled to the (h, w) grid.
 
         Rows are grid cells in row-major order (row * w + col); a region fills only its label's
-        token columns. Cached per (h, w, device, dtype).
+        token columns (absolute positions in the 77 * k token axis of a chunked prompt). Cached
+        per (h, w, n_tokens, device, dtype).
         """
-        key = (h, w, str(torch.device(device or "cpu")), dtype)
+        key = (h, w, n_tokens, str(torch.device(device or "cpu")), dtype)
         if key not in self._cache:
-            base_key = (h, w, "cpu", torch.float32)
+            base_key = (h, w, n_tokens, "cpu", torch.float32)
             if base_key not in self._cache:
-                self._cache[base_key] = self._compute_weight_map(h, w)
+                self._cache[base_key] = self._compute_weight_map(h, w, n_tokens)
             self._cache[key] = self._cache[base_key].to(device=device, dtype=dtype)
         return self._cache[key]
 
-    def _compute_weight_map(self, h: int, w: int) -> torch.Tensor:
-        out = torch.zeros(self.n_images, h * w, N_TOKENS)
+    def _compute_weight_map(self, h: int, w: int, n_tokens: int) -> torch.Tensor:
+        out = torch.zeros(self.n_images, h * w, n_tokens)
         level = grid_level(self.height, self.width, (h, w)) if self.resample == "area" else None
         for region in self.regions:
             if (region.weight == 0 and region.outside == 0) or region.mask is None:
@@ -157,29 +161,33 @@ class RegionContext:
             cells = resample_mask(region.mask, (h, w), self.resample, level).reshape(-1, 1)
             weights = region.weight * cells + region.outside * (1 - cells)
             for i, positions in enumerate(region.token_positions):
+                if positions and max(positions) >= n_tokens:
+                    raise RegionError(f"region {region.label!r} paints token {max(positions)} but "
+                                      f"the attention has only {n_tokens} token columns")
                 out[i][:, list(positions)] += weights  # overlapping regions add up
         return out
 
     def prepare(self, grids: Sequence[tuple[int, int]], device: torch.device | str,
-                dtype: torch.dtype = torch.float32) -> None:
+                dtype: torch.dtype = torch.float32, n_tokens: int = N_TOKENS) -> None:
         """Compute the weight maps of these (h, w) grids now, so no sampling step (and no
-        torch.compile trace) ever resamples a mask."""
+        torch.compile trace) ever resamples a mask. n_tokens: the conditioning's token count."""
         for h, w in grids:
-            self.weight_map(h, w, device, dtype)
+            self.weight_map(h, w, device, dtype, n_tokens)
 
     def bias(self, qk: torch.Tensor, sigma: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Bias for the unscaled scores qk (n, heads, h*w, 77) of the rows the regions apply to.
+        """Bias for the unscaled scores qk (n, heads, h*w, T) of the rows the regions apply to.
 
-        sigma: (n,) noise level of each row. Returns a tensor broadcastable to qk (the weight
-        function's output on weight_map(grid), broadcast over images when n_images == 1).
+        T = 77 * chunks. sigma: (n,) noise level of each row. Returns a tensor broadcastable to
+        qk (the weight function's output on weight_map(grid), broadcast over images when
+        n_images == 1).
         """
         h, w = grid
         n, _, n_pixels, n_tokens = qk.shape
-        if n_pixels != h * w or n_tokens != N_TOKENS:
-            raise RegionError(f"scores {tuple(qk.shape)} do not fit grid {grid} x 77 tokens")
+        if n_pixels != h * w or n_tokens % N_TOKENS:
+            raise RegionError(f"scores {tuple(qk.shape)} do not fit grid {grid} x 77*k tokens")
         if self.n_images not in (1, n):
             raise RegionError(f"region context has {self.n_images} images, attention has {n} rows")
-        weights = self.weight_map(h, w, qk.device, qk.dtype)[:, None]  # (n_images, 1, N, T)
+        weights = self.weight_map(h, w, qk.device, qk.dtype, n_tokens)[:, None]  # (n_images, 1, N, T)
         return self.weight_function(weights, sigma, qk)
 
     def initial_noise(self, global_noise: torch.Tensor) -> torch.Tensor:
@@ -191,6 +199,21 @@ class RegionContext:
                 f"of a {self.width}x{self.height} px image"
             )
         return region_noise(self.regions, global_noise, latent_hw)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The regions as colour-context records (the JSON the scripts take), for metadata.
+
+        Each: {"color": "#rrggbb", "label", "weight"} plus seed, blur, outside and occurrence
+        when they are not their defaults.
+        """
+        records = []
+        for r in self.regions:
+            record: dict[str, Any] = {"color": hex_color(r.color), "label": r.label, "weight": r.weight}
+            optional = {"seed": r.seed, "blur": r.blur or None, "outside": r.outside or None,
+                        "occurrence": r.occurrence}
+            record.update({k: v for k, v in optional.items() if v is not None})
+            records.append(record)
+        return records
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{r.label!r}@{hex_color(r.color)} w={r.weight:g}" for r in self.regions)

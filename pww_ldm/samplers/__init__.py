@@ -38,6 +38,7 @@ from .noise import (
     initial_noise,
     make_generators,
 )
+from .options import SamplingOptions
 from .registry import SAMPLERS, SamplerSpec, get_sampler, sampler_names
 from .run import sample_latents
 from .schedules import (
@@ -86,6 +87,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_latents",
+    "SamplingOptions",
     "sample_lms",
     "sample_plms",
     "sampler_names",

@@ -2,19 +2,21 @@
 
 `CFGEpsModel` is the only place that calls the UNet: one call on the concatenated
 [uncond; cond] batch (Ho & Salimans 2021, "Classifier-Free Diffusion Guidance"), with the
-current sigma and the region weights handed to the UNet in a `UNetContext`. The k-samplers use
-it through `KDenoiser` (sigma space, Karras et al. 2022); DDIM and PLMS call it directly in
-timestep space. So guidance and the region hook live in one place for every sampler.
+current sigma, the attention plug-ins and which rows are conditional handed to the UNet in a
+`UNetContext`. The k-samplers use it through `KDenoiser` (sigma space, Karras et al. 2022); DDIM
+and PLMS call it directly in timestep space. So guidance and the plug-in seam live in one place
+for every sampler.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..conditioning import UNetContext
+from ..conditioning import AttentionPlugin, UNetContext
 from .errors import InvalidSamplerArgumentError
 from .schedules import DiscreteSchedule
 
@@ -44,8 +46,8 @@ class CFGEpsModel:
 
     model: has `apply_model(x (B,4,h,w), t (B,), cond) -> eps (B,4,h,w)`.
     Call: x_in (n,4,h,w) the UNet input (already scaled: x_t in DDPM terms), t (n,) float
-    timesteps, sigma (n,) the k-diffusion noise level of this call (for the region attention),
-    cond (n or 1, 77, C), uncond (n or 1, 77, C) or None, regions (opaque, forwarded).
+    timesteps, sigma (n,) the k-diffusion noise level of this call (for the attention plug-ins),
+    cond (n or 1, T, C), uncond (n or 1, T, C) or None, plugins: attention plug-ins for the UNet.
     Returns eps (n,4,h,w) in x_in's dtype: eps_u + guidance_scale * (eps_c - eps_u).
 
     With guidance_scale == 1 or uncond None only the cond half runs (half the UNet work).
@@ -65,7 +67,7 @@ class CFGEpsModel:
         cond: torch.Tensor,
         uncond: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
-        regions: Any = None,
+        plugins: Sequence[AttentionPlugin] = (),
     ) -> torch.Tensor:
         n, state_dtype = x_in.shape[0], x_in.dtype
         cond = _rows(cond, n, "cond")
@@ -74,15 +76,14 @@ class CFGEpsModel:
             uncond = _rows(uncond, n, "uncond")
             x_in, t, sigma = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([sigma, sigma])
             embeddings = torch.cat([uncond, cond])
-            region_rows = slice(n, 2 * n)  # regions bias the cond rows only
+            cond_rows = slice(n, 2 * n)
         else:
             embeddings = cond
-            region_rows = slice(0, n)
+            cond_rows = slice(0, n)
         if self.dtype is not None:
             x_in, embeddings = x_in.to(self.dtype), embeddings.to(self.dtype)
-        context = UNetContext(
-            embeddings=embeddings, sigma=sigma, regions=regions, region_rows=region_rows
-        )
+        context = UNetContext(embeddings=embeddings, sigma=sigma, plugins=tuple(plugins),
+                              cond_rows=cond_rows)
         eps = self.model.apply_model(x_in, t, context).to(state_dtype)
         if not guided:
             return eps
@@ -96,7 +97,7 @@ class KDenoiser(nn.Module):
     D(x, sigma) = x + c_out * eps(c_in * x, t(sigma), sigma), c_in = 1/sqrt(sigma^2 + 1),
     c_out = -sigma (Karras et al. 2022, Table 1, "VP" column in sigma parametrisation).
     x (n,4,h,w) in sigma space (x_sigma = x_0 + sigma * noise), sigma (n,); keyword arguments
-    (cond, uncond, guidance_scale, regions) go to the eps model. Returns x_0 estimate (n,4,h,w).
+    (cond, uncond, guidance_scale, plugins) go to the eps model. Returns x_0 estimate (n,4,h,w).
     """
 
     def __init__(self, eps_model: CFGEpsModel, schedule: DiscreteSchedule) -> None:
