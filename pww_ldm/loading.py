@@ -123,8 +123,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     CPU, float16 on CUDA. vae_dtype: default float32 everywhere (fp16 SD VAEs can decode to NaN).
     attention: kernel name (auto, sdpa, xformers, math). The schedule stays float32.
     compile: torch.compile the UNet in place (keys unchanged; the first call is slow).
-    The model's `checkpoint_path` is the file's resolved path (infotext.model_settings names
-    the model in PNG metadata from it).
+    The model's `checkpoint_path` is the file's absolute path (infotext.model_settings names the
+    model in PNG metadata from it).
     """
     path = Path(path)
     device = torch.device(device) if device is not None else default_device()
@@ -154,7 +154,9 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     model.eval().requires_grad_(False)
     if compile:
         model.model.diffusion_model.compile()
-    model.checkpoint_path = path.resolve()
+    # Absolute, links not followed: the name is the one the user chose (a hub cache links it to a
+    # hash-named blob); infotext.short_hash follows the link to hash the content.
+    model.checkpoint_path = Path(os.path.abspath(path))
     return model
 
 

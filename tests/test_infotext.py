@@ -137,6 +137,11 @@ def test_model_settings(tmp_path):
     assert model_settings(SimpleNamespace(checkpoint_path=path)) == {
         "Model hash": "ba7816bf8f", "Model": "my-model.v2"}
     assert model_settings(torch.nn.Linear(1, 1)) == {}
+    # A hub-cache style link: the name is the link's, the hash the content's.
+    link = tmp_path / "v1-5-pruned.ckpt"
+    link.symlink_to(path)
+    assert model_settings(SimpleNamespace(checkpoint_path=link)) == {
+        "Model hash": "ba7816bf8f", "Model": "v1-5-pruned"}
 
 
 def test_load_model_records_the_checkpoint_path(tmp_path, monkeypatch):
@@ -147,6 +152,6 @@ def test_load_model_records_the_checkpoint_path(tmp_path, monkeypatch):
     write_checkpoint(tiny_model(), tmp_path / "tiny.safetensors", ema=False)
     save_config(tiny_config(), tmp_path / "tiny.yaml")
     model = load_model(Path("tiny.safetensors"), device="cpu")
-    assert model.checkpoint_path == tmp_path.resolve() / "tiny.safetensors"
+    assert model.checkpoint_path == Path.cwd() / "tiny.safetensors"
     expected = hashlib.sha256((tmp_path / "tiny.safetensors").read_bytes()).hexdigest()[:10]
     assert model_settings(model) == {"Model hash": expected, "Model": "tiny"}
