@@ -21,6 +21,7 @@ from PIL import Image
 from .checkpoint import ArchitectureMismatchError
 from .conditioning import AttentionPlugin
 from .images import check_size, from_pil, to_pil
+from .infotext import format_parameters, model_settings
 from .models.latent_diffusion import LatentDiffusion
 from .region import PaintWithWords, RegionContext
 from .samplers.options import SamplingOptions
@@ -57,12 +58,6 @@ def sampling_options(kwargs: dict[str, Any], img2img: bool) -> SamplingOptions:
     return SamplingOptions(**given)
 
 
-def _parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, Any]) -> str:
-    line = ", ".join(f"{k}: {v}" for k, v in settings.items() if v is not None)
-    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
-    return f"{prompt}{negative}\n{line}"
-
-
 def _check_model(model: LatentDiffusion, n_images: int) -> None:
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
@@ -84,11 +79,12 @@ def _plugins(model: LatentDiffusion, regions: RegionContext | None, latent_hw: t
     return plugins
 
 
-def _settings(options: SamplingOptions, width: int, height: int, img2img: bool,
-              extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _settings(model: LatentDiffusion, options: SamplingOptions, width: int, height: int,
+              img2img: bool, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A1111's settings line, in its key order: Steps, Sampler, CFG scale, Seed, Size, Model..."""
     settings: dict[str, Any] = {"Steps": options.steps, "Sampler": options.spec.label,
                                 "CFG scale": options.guidance_scale, "Seed": None,
-                                "Size": f"{width}x{height}"}
+                                "Size": f"{width}x{height}", **model_settings(model)}
     if img2img:
         settings["Denoising strength"] = options.strength
     if options.eta is not None:
@@ -137,10 +133,10 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
         device=model.device, callback=callback, disable_progress=not progress)
     images = to_pil(decode_latents(model, latents))
 
-    settings = _settings(options, width, height, init_image is not None, extra_parameters)
+    settings = _settings(model, options, width, height, init_image is not None, extra_parameters)
     for image, image_seed in zip(images, seeds):
         settings["Seed"] = image_seed
-        image.info["parameters"] = _parameters_text(prompt, negative_prompt, settings)
+        image.info["parameters"] = format_parameters(prompt, negative_prompt, settings)
     return images
 
 
