@@ -69,9 +69,26 @@ _ALLOWED_GLOBALS = [
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 
-def _load_pickle(path: Path) -> dict:
+def load_file_safely(path: str | os.PathLike, extra_globals: tuple = ()) -> object:
+    """The raw content of a `.safetensors` file or of a PyTorch pickle (`.ckpt`, `.pt`, `.bin`),
+    on the CPU, for other file kinds (embeddings, LoRA) to interpret.
+
+    Pickles are read with `weights_only=True` and the allow-list, plus `extra_globals` (inert
+    container classes a file kind needs). Raises CheckpointNotFoundError for a missing file,
+    UnsafeCheckpointError for a pickle that asks to import anything else (nothing is run),
+    CorruptCheckpointError for a damaged file; each names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return _load_safetensors(path)
+    return _load_pickle(path, extra_globals)
+
+
+def _load_pickle(path: Path, extra_globals: tuple = ()) -> dict:
     try:
-        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+        with torch.serialization.safe_globals([*_ALLOWED_GLOBALS, *extra_globals]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)

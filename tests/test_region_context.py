@@ -220,12 +220,11 @@ def test_label_not_in_prompt_shows_tokens() -> None:
     assert "'cat'" in message and "1:two 2:cats 3:on 4:a 5:mat" in message
 
 
-def test_label_past_token_limit() -> None:
+def test_label_past_token_75_is_in_chunk_2() -> None:
+    # 80 trees + dog: chunk 1 holds 75 trees, chunk 2 (BOS at 77) 5 trees then dog at 77 + 1 + 5.
     prompt = " ".join(["tree"] * 80) + " dog"
-    with pytest.warns(UserWarning, match="dropped"):
-        get_tokenizer()(prompt)  # the text encoder will not see "dog"
-    with pytest.raises(LabelNotInPromptError, match="past the 75-token limit"):
-        RegionContext.build(prompt, two_color_map(), {RED: "dog"}, width=64, height=64)
+    ctx = RegionContext.build(prompt, two_color_map(), {RED: "dog"}, width=64, height=64)
+    assert ctx.regions[0].token_positions == ((83,),)
     ok = RegionContext.build(
         prompt,
         two_color_map(),

@@ -139,10 +139,23 @@ class LatentDiffusion(nn.Module):
         """Noise prediction: x_noisy (B, 4, h, w), t (B,), cond (B, 77, C) or UNetContext."""
         return self.model(x_noisy, t, cond)
 
+    @property
+    def clip_skip(self) -> int:
+        """A1111's clip skip of the text encoder (1 = last layer, 2 = penultimate + final norm)."""
+        return self.cond_stage_model.clip_skip
+
+    @clip_skip.setter
+    def clip_skip(self, value: int) -> None:
+        self.cond_stage_model.clip_skip = self.cond_stage_model.check_clip_skip(value)
+
     @torch.no_grad()
-    def get_learned_conditioning(self, c: str | list[str]) -> torch.Tensor:
-        """Prompt(s) -> (B, 77, C) text embeddings."""
-        return self.cond_stage_model.encode(c)
+    def get_learned_conditioning(self, c: str | list[str], clip_skip: int | None = None
+                                 ) -> torch.Tensor:
+        """Prompt(s) in A1111 syntax -> (B, 77*k, C) text embeddings, emphasis applied.
+
+        k is the most 75-token chunks of any prompt; clip_skip overrides `self.clip_skip`.
+        """
+        return self.cond_stage_model.encode(c, clip_skip=clip_skip)
 
     def encode_first_stage(self, x: torch.Tensor) -> Any:
         """Image (B, 3, H, W) in [-1, 1] -> the VAE posterior over (B, 4, H/8, W/8)."""

@@ -1,23 +1,31 @@
-"""Aligning a region's label with the prompt: contiguous token spans, 1-based after BOS."""
+"""Aligning a region's label with the prompt: token positions on the chunked (77*k) token axis.
+
+The prompt is chunked exactly as the text encoder chunks it (A1111 syntax removed, 75 tokens per
+chunk with BOS/EOS, comma backtrack, BREAK, textual-inversion embeddings as their n vectors), so
+a label's positions are the columns its tokens occupy in the (B, 77*k, C) conditioning.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from ..models.prompt_chunks import CHUNK_POSITIONS, PromptChunk, prompt_chunks, show_chunks
 from .errors import LabelNotInPromptError
-
-MAX_CONTENT_TOKENS = 75  # 77 minus BOS and EOS: the text encoder never sees tokens past this
 
 
 class Tokenizer(Protocol):
-    """What alignment needs from a tokenizer (CLIPBPETokenizer has it)."""
+    """What alignment needs from a tokenizer (CLIPBPETokenizer has it).
+
+    A text encoder's tokenizer (`model.cond_stage_model.tokenizer`, a PromptTokenizer) also has
+    `chunks(prompt)`, which knows that encoder's textual-inversion embeddings.
+    """
 
     def encode(self, text: str) -> list[int]: ...
 
     def tokens(self, text: str) -> list[str]: ...
 
 
-def find_spans(haystack: list[int], needle: list[int]) -> list[int]:
+def find_spans(haystack: list, needle: list) -> list[int]:
     """0-based starts of the non-overlapping occurrences of `needle` in `haystack`."""
     starts, i, n = [], 0, len(needle)
     while n and i + n <= len(haystack):
@@ -29,43 +37,40 @@ def find_spans(haystack: list[int], needle: list[int]) -> list[int]:
     return starts
 
 
-def _show_tokens(tokens: list[str]) -> str:
-    # Position: token, as the user must count them (1-based after BOS), `</w>` dropped for reading.
-    return " ".join(f"{i}:{t.replace('</w>', '')}" for i, t in enumerate(tokens, start=1))
+def _chunks(text: str, tokenizer: Tokenizer) -> list[PromptChunk]:
+    chunk = getattr(tokenizer, "chunks", None)
+    return chunk(text) if callable(chunk) else prompt_chunks(text, tokenizer)
 
 
 def label_positions(
     prompt: str, label: str, tokenizer: Tokenizer, occurrence: int | None = None
 ) -> tuple[int, ...]:
-    """1-based positions (in the 77-token sequence, BOS at 0) of the tokens `label` paints.
+    """Absolute positions on the 77*k token axis of the tokens `label` paints.
 
-    The label is encoded alone and matched as a contiguous span of the prompt's token ids; every
-    occurrence is painted unless `occurrence` (1-based) picks one. A span past the 75th content
-    token (cut off by CLIP's 77-token window) is an error, as is a label that is not in the prompt.
+    Chunk c's content token j (0-based) is at c * 77 + 1 + j (BOS at c * 77). The label is
+    chunked alone and matched as a contiguous run of the prompt's content items (tokens, and
+    each vector of an embedding, so an embedding's name paints all its vectors); emphasis
+    syntax is removed from both first, so "cat" matches "(cat:1.3)". Every occurrence is
+    painted unless `occurrence` (1-based, counted across chunks) picks one.
     """
-    needle = tokenizer.encode(label)
-    prompt_ids = tokenizer.encode(prompt)
-    starts = find_spans(prompt_ids, needle)
-    shown = _show_tokens(tokenizer.tokens(prompt))
+    chunks = _chunks(prompt, tokenizer)
+    keys = [key for chunk in chunks for key in chunk.keys]
+    positions = [c * CHUNK_POSITIONS + 1 + j for c, chunk in enumerate(chunks) for j in range(len(chunk))]
+    label_chunks = _chunks(label, tokenizer)
+    needle = [key for chunk in label_chunks for key in chunk.keys]
+    starts = find_spans(keys, needle)
     if not needle or not starts:
-        label_tokens = " ".join(t.replace("</w>", "") for t in tokenizer.tokens(label))
+        label_tokens = " ".join(n.replace("</w>", "") for c in label_chunks for n in c.names)
         raise LabelNotInPromptError(
-            f"label {label!r} (tokens: {label_tokens}) is not in the prompt {prompt!r}; labels "
-            f"must match whole tokens of the prompt (e.g. 'cat' does not match 'cats'). "
-            f"The prompt's tokens are: {shown}"
+            f"label {label!r} (tokens: {label_tokens or 'none'}) is not in the prompt {prompt!r}; "
+            f"labels must match whole tokens of the prompt (e.g. 'cat' does not match 'cats'). "
+            f"The prompt's tokens are: {show_chunks(chunks)}"
         )
     if occurrence is not None:
-        if occurrence > len(starts):
+        if not 1 <= occurrence <= len(starts):
             raise LabelNotInPromptError(
                 f"label {label!r}: occurrence {occurrence} asked for, but it occurs "
-                f"{len(starts)} time(s) in the prompt {prompt!r} (tokens: {shown})"
+                f"{len(starts)} time(s) in the prompt {prompt!r} (tokens: {show_chunks(chunks)})"
             )
         starts = [starts[occurrence - 1]]
-    cut = [s for s in starts if s + len(needle) > MAX_CONTENT_TOKENS]
-    if cut:
-        raise LabelNotInPromptError(
-            f"label {label!r} at token {cut[0] + 1} lies past the {MAX_CONTENT_TOKENS}-token limit "
-            f"of CLIP's context (the prompt has {len(prompt_ids)} tokens): shorten the prompt, or "
-            f"pick an occurrence inside the limit with `occurrence`"
-        )
-    return tuple(s + 1 + k for s in starts for k in range(len(needle)))
+    return tuple(positions[s + k] for s in starts for k in range(len(needle)))
