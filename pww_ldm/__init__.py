@@ -2,15 +2,15 @@
 
     model = pww_ldm.load_model("model.ckpt")
     images = pww_ldm.paint_with_words(model, prompt, color_map_image, color_context)
+
+Importing changes nothing in the process. On Linux, a long CPU run is faster after
+`pww_ldm.allocator.tune_malloc()` (the scripts call it first; see that module for why).
 """
 
-from .allocator import tune_malloc
 from .loading import load_model
 from .pipeline import generate, img2img, paint_with_words, txt2img
 from .region import RegionContext, load_color_context, parse_color_context
 from .samplers.registry import sampler_names
-
-tune_malloc()  # cheap, once per process: see pww_ldm.allocator for why
 
 __all__ = ["RegionContext", "generate", "img2img", "load_color_context",
            "load_model", "paint_with_words", "parse_color_context", "sampler_names", "txt2img"]

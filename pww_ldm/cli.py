@@ -2,7 +2,9 @@
 
 CompVis flag names (--prompt --ckpt --config --outdir --steps/--ddim_steps --scale --seed --H
 --W --n_samples --n_iter --precision) plus the Paint-with-Words ones. Bad input prints one line
-and exits 2: no traceback, no partial output file (images are written atomically).
+and exits 2. Every check that does not need the model (files, colour context, labels against
+the prompt's tokens, colours, size, sampler, numbers) runs before the checkpoint loads, and
+nothing is written, not even a folder, before the first image is ready.
 """
 
 from __future__ import annotations
@@ -11,54 +13,74 @@ import argparse
 import json
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from . import paths
 from .allocator import tune_malloc
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .images import ImageSizeError, image_grid, save_png
-from .kernels import KERNELS, AttentionKernelError
-from .region import RegionError, load_color_context
-from .samplers.errors import SamplerInputError
-from .samplers.registry import sampler_names
+from .images import check_size, image_grid, save_png
+from .kernels import KERNELS
+from .models.tokenizer import get_tokenizer
+from .pipeline import resolve_seed, resolve_size
+from .region import RegionContext, load_color_context
+from .samplers.registry import get_sampler, sampler_names
+from .threads import set_threads
+from .user_errors import USER_ERRORS, UsageError, open_image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = REPO_ROOT / "models" / "pww-demo"
-DEMO_CKPT = DEMO_DIR / "model.safetensors"
-SD_CKPT = REPO_ROOT / "models" / "ldm" / "stable-diffusion-v1" / "model.ckpt"
-EXAMPLE_MAP = REPO_ROOT / "examples" / "cat_dog.png"
-EXAMPLE_CONTEXT = REPO_ROOT / "examples" / "cat_dog.json"
-EXAMPLE_PROMPT = "realistic photo of a dog, cat, tree, with beautiful sky, on sandy ground"
-USER_ERRORS = (RegionError, CheckpointError, ConfigError, ImageSizeError, SamplerInputError,
-               AttentionKernelError, FileNotFoundError, IsADirectoryError)
+__all__ = ["UsageError", "build_parser", "check_inputs", "main", "resolve_defaults", "run"]
 
-
-class UsageError(ValueError):
-    """A bad combination of command-line arguments."""
+# What a flag left out means (the parser's defaults are None, so "not given" is visible); with
+# the bundled demo model, its demo.json comes first.
+DEFAULTS: dict[str, Any] = {"steps": 30, "scale": 7.5, "sampler": "euler_a",
+                            "weight_function": "max", "compare": False}
+DEMO_SETTINGS = ("steps", "scale", "sampler", "weight_function", "weight_scale")
 
 
-def build_parser(img2img: bool) -> argparse.ArgumentParser:
-    """The argument parser of txt2img (img2img=False) or img2img (True)."""
-    p = argparse.ArgumentParser(
-        description=("Paint-with-Words " + ("image-to-image" if img2img else "text-to-image")
-                     + " for Stable Diffusion v1. With no --ckpt, the bundled demo model and "
-                     "its example map run."))
-    p.add_argument("--prompt", type=str, default=None, help="the prompt (default: the example's)")
-    p.add_argument("--negative-prompt", "--negative_prompt", default="", help="negative prompt")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=str, default=None,
-                   help=f"SD v1 .ckpt/.safetensors (default: the bundled demo model, else {SD_CKPT})")
+                   help="SD v1 .ckpt/.safetensors (default: the bundled demo model, else "
+                        f"{paths.SD_CKPT})")
     p.add_argument("--config", type=str, default=None,
                    help="model config YAML (default: <ckpt>.yaml beside it, else SD v1)")
+    p.add_argument("--precision", choices=["autocast", "full", "fp32", "fp16", "bf16"],
+                   default="autocast", help="autocast = fp32 on CPU, fp16 on CUDA; full = fp32")
+    p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); on a CPU "
+                        "shared with other work fewer is often faster, e.g. --threads 1")
+    p.add_argument("--attention", choices=KERNELS, default="auto", help="attention kernel")
+    p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (slow first image, faster steps after)")
+    p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", type=str, default=None, help="the prompt (default: the example's)")
+    p.add_argument("--negative-prompt", "--negative_prompt", default="", help="negative prompt")
     p.add_argument("--outdir", type=str, default=None,
                    help="output folder (default outputs/txt2img-samples or outputs/img2img-samples)")
-    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=30,
-                   help="sampling steps")
-    p.add_argument("--sampler", type=str, default="euler_a",
-                   help="sampler: " + ", ".join(sampler_names("a1111")) + " (or snake_case)")
-    p.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help="sampling steps (default 30, or the demo model's)")
+    p.add_argument("--sampler", type=str, default=None,
+                   help="sampler (default euler_a): " + ", ".join(sampler_names("a1111"))
+                        + " (or snake_case)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="classifier-free guidance scale (default 7.5, or the demo model's)")
     p.add_argument("--eta", "--ddim_eta", dest="eta", type=float, default=None,
                    help="eta for DDIM and the ancestral/SDE samplers (default: sampler's own)")
     p.add_argument("--seed", type=int, default=42, help="seed; image i uses seed+i; -1 = random")
@@ -67,31 +89,43 @@ def build_parser(img2img: bool) -> argparse.ArgumentParser:
     p.add_argument("--n_samples", "--n-samples", dest="n_samples", type=int, default=1,
                    help="images per batch")
     p.add_argument("--n_iter", "--n-iter", dest="n_iter", type=int, default=1, help="batches")
-    p.add_argument("--precision", choices=["autocast", "full", "fp32", "fp16", "bf16"],
-                   default="autocast",
-                   help="autocast = fp32 on CPU, fp16 on CUDA; full = fp32")
-    p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--attention", choices=KERNELS, default="auto", help="attention kernel")
-    p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (slow first image, faster steps after)")
-    p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--skip_grid", "--skip-grid", dest="skip_grid", action="store_true",
+                   help="do not write the grid image")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_region_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-map", type=str, default=None, help="painted colour map image")
     p.add_argument("--color-context", type=str, default=None,
                    help='regions: JSON/YAML file or inline string, e.g. \'{"#ff0000": "cat,1.0"}\'')
     p.add_argument("--no-pww", action="store_true", help="ignore the map: plain Stable Diffusion")
-    p.add_argument("--weight-function", default="max", help="max, std or log2_std")
+    p.add_argument("--weight-function", default=None,
+                   help="max (default), std or log2_std (the demo model uses its own)")
     p.add_argument("--weight-scale", type=float, default=None,
                    help="constant of the weight function (default: 0.1 for max, 1 otherwise)")
     p.add_argument("--resample", choices=["area", "bilinear"], default="area",
-                   help="mask resampling to attention grids (bilinear = the reference)")
+                   help="mask resampling to attention grids (bilinear = the reference, exactly "
+                        "at sizes that are multiples of 64)")
     p.add_argument("--lenient", action="store_true",
                    help="a context colour missing from the map is a warning, not an error")
-    p.add_argument("--compare", action="store_true",
-                   help="also write map | without PwW | with PwW side by side")
-    p.add_argument("--skip_grid", "--skip-grid", dest="skip_grid", action="store_true",
-                   help="do not write the grid image")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write map | without PwW | with PwW side by side (default: on for "
+                        "the demo model only)")
+
+
+def build_parser(img2img: bool) -> argparse.ArgumentParser:
+    """The argument parser of txt2img (img2img=False) or img2img (True).
+
+    Flags that have a demo-model value parse to None when not given; `resolve_defaults` fills
+    them in.
+    """
+    p = argparse.ArgumentParser(
+        description=("Paint-with-Words " + ("image-to-image" if img2img else "text-to-image")
+                     + " for Stable Diffusion v1. With no --ckpt, the bundled demo model and "
+                     "its example map run. Bad input: one line `error: ...`, exit status 2."))
+    _add_sampling_flags(p)
+    _add_model_flags(p)
+    _add_region_flags(p)
     if img2img:
         p.add_argument("--init-img", "--init_img", dest="init_img", required=True,
                        help="the initial image")
@@ -100,40 +134,91 @@ def build_parser(img2img: bool) -> argparse.ArgumentParser:
     return p
 
 
-def _demo_defaults(args: argparse.Namespace) -> dict[str, Any]:
-    """The bundled demo model ships its own prompt, map and context in demo.json."""
-    demo = json.loads((DEMO_DIR / "demo.json").read_text())
-    return {"prompt": demo["prompt"], "color_map": str(DEMO_DIR / demo["color_map"]),
-            "color_context": json.dumps(demo["color_context"]),
-            "steps": demo.get("steps"), "scale": demo.get("scale"), "sampler": demo.get("sampler"),
-            "weight_function": demo.get("weight_function"), "weight_scale": demo.get("weight_scale")}
-
-
-def resolve_defaults(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
-    """Fill in the model, prompt, map and context the user left out."""
-    given = set(a.split("=")[0] for a in argv if a.startswith("--"))
-    if args.ckpt is None:
-        if DEMO_CKPT.is_file():
-            args.ckpt = str(DEMO_CKPT)
-            args.compare = True if "--compare" not in given else args.compare
-            demo = _demo_defaults(args)
-            for key in ("prompt", "color_map", "color_context"):
-                if getattr(args, key) is None:
-                    setattr(args, key, demo[key])
-            for key, flag in (("steps", "--steps"), ("scale", "--scale"), ("sampler", "--sampler"),
-                              ("weight_function", "--weight-function"),
-                              ("weight_scale", "--weight-scale")):
-                if demo[key] is not None and flag not in given:
-                    setattr(args, key, demo[key])
-        else:
-            args.ckpt = str(SD_CKPT)
+def _apply_demo(args: argparse.Namespace) -> None:
+    """The bundled demo model ships its own prompt, map, context and settings in demo.json."""
+    demo = json.loads((paths.DEMO_DIR / "demo.json").read_text())
     if args.prompt is None:
-        args.prompt = EXAMPLE_PROMPT
+        args.prompt = demo["prompt"]
+    if args.color_map is None:
+        args.color_map = str(paths.DEMO_DIR / demo["color_map"])
+    if args.color_context is None:
+        args.color_context = json.dumps(demo["color_context"])
+    if args.compare is None:
+        args.compare = True
+    for key in DEMO_SETTINGS:
+        if getattr(args, key) is None and demo.get(key) is not None:
+            setattr(args, key, demo[key])
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in what the user left out: with no --ckpt and the demo model present, demo.json's
+    prompt, map, context and settings; then the usual defaults (DEFAULTS, the example prompt and
+    map). The checkpoint must exist (CheckpointNotFoundError saying what to pass otherwise)."""
+    if args.ckpt is None and paths.DEMO_CKPT.is_file():
+        _apply_demo(args)
+    args.ckpt = paths.resolve_checkpoint(args.ckpt)
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.prompt is None:
+        args.prompt = paths.EXAMPLE_PROMPT
         if args.color_map is None and args.color_context is None:
-            args.color_map, args.color_context = str(EXAMPLE_MAP), str(EXAMPLE_CONTEXT)
+            args.color_map, args.color_context = str(paths.EXAMPLE_MAP), str(paths.EXAMPLE_CONTEXT)
     if (args.color_map is None) != (args.color_context is None) and not args.no_pww:
         raise UsageError("--color-map and --color-context go together: give both, or neither")
     return args
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The decoded inputs of a run, checked. regions: the parsed colour context (None: no PwW)."""
+
+    color_map: Image.Image | None
+    regions: list | None
+    init_image: Image.Image | None
+    width: int
+    height: int
+
+
+def _check_numbers(args: argparse.Namespace, img2img: bool) -> None:
+    for flag, value in (("--steps", args.steps), ("--n_samples", args.n_samples),
+                        ("--n_iter", args.n_iter)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if img2img and not 0.0 < args.strength <= 1.0:
+        raise UsageError(f"--strength must be in (0, 1] (0 keeps the init image, 1 ignores it), "
+                         f"got {args.strength}")
+    get_sampler(args.sampler)  # UnknownSamplerError listing the valid names
+    if args.config is not None and not Path(args.config).is_file():
+        raise FileNotFoundError(f"config {args.config} does not exist: pass --config with a model "
+                                "YAML, or leave it out")
+
+
+def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
+    """Every check that needs no model, done before it loads: numbers, sampler, config file,
+    images readable, size, colour context parsed, labels found in the prompt's tokens, colours
+    present in the map, weight function. Raises one of USER_ERRORS.
+
+    Labels are aligned with the bundled CLIP tokenizer, the one every SD v1 text encoder here
+    uses; the pipeline aligns again with the loaded model's own tokenizer, so a model with
+    another tokenizer still gets its labels checked (after the load).
+    """
+    _check_numbers(args, img2img)
+    init = open_image(args.init_img, "init image") if img2img else None
+    use_map = not args.no_pww and args.color_map is not None
+    color_map = open_image(args.color_map, "colour map") if use_map else None
+    width, height = resolve_size(args.W, args.H, color_map or init)
+    check_size(width, height)
+    regions = None
+    if color_map is not None:
+        regions = load_color_context(args.color_context)
+        with warnings.catch_warnings():  # --lenient's warnings come once, from the pipeline
+            warnings.simplefilter("ignore")
+            RegionContext.build(args.prompt, color_map, regions, width=width, height=height,
+                                tokenizer=get_tokenizer(), weight_function=args.weight_function,
+                                weight_scale=args.weight_scale, resample=args.resample,
+                                strict=not args.lenient)
+    return Inputs(color_map, regions, init, width, height)
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -141,39 +226,37 @@ def _precision(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
-    """Load the model, generate n_iter batches, write numbered PNGs (+ grid, + comparison)."""
+    """Check the inputs, load the model, generate n_iter batches, write numbered PNGs (+ grid, +
+    comparison). `args` as `resolve_defaults` returns them."""
     import pww_ldm
 
+    inputs = check_inputs(args, img2img)
     started = time.perf_counter()
     model = pww_ldm.load_model(args.ckpt, config=args.config, device=args.device,
                                dtype=_precision(args), use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
                                compile=args.compile)
-    color_map = None if args.no_pww or args.color_map is None else Image.open(args.color_map)
-    context = None if color_map is None else load_color_context(args.color_context)
-    init = Image.open(args.init_img) if img2img else None
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))
-    sample_dir = outdir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
+    sample_dir = outdir / "samples"  # created by the first save_png, not before
     count = len(list(sample_dir.glob("*.png")))
     common = dict(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler,
                   negative_prompt=args.negative_prompt, n_images=args.n_samples, eta=args.eta,
-                  progress=not args.quiet, width=args.W, height=args.H)
+                  progress=not args.quiet, width=inputs.width, height=inputs.height)
     if img2img:
-        common.update(init_image=init, strength=args.strength)
-    seed = pww_ldm.pipeline.resolve_seed(args.seed)
+        common.update(init_image=inputs.init_image, strength=args.strength)
+    seed = resolve_seed(args.seed)
     written, all_images = [], []
     for it in range(args.n_iter):
         batch_seed = seed + it * args.n_samples
-        images = _generate(pww_ldm, model, args, color_map, context, batch_seed, common)
+        images = _generate(pww_ldm, model, args, inputs, batch_seed, common)
         for image in images:
             written.append(save_png(image, sample_dir / f"{count:05}.png"))
             count += 1
         all_images.extend(images)
-        if args.compare and color_map is not None:
-            same_size = dict(common, width=images[0].width, height=images[0].height)
-            plain = _generate(pww_ldm, model, args, None, None, batch_seed, same_size)
-            panels = [color_map.convert("RGB").resize(images[0].size, Image.NEAREST), plain[0], images[0]]
+        if args.compare and inputs.color_map is not None:
+            plain = _generate(pww_ldm, model, args, None, batch_seed, common)
+            panels = [inputs.color_map.convert("RGB").resize(images[0].size, Image.NEAREST),
+                      plain[0], images[0]]
             written.append(save_png(image_grid(panels), outdir / f"compare-{count - 1:05}.png",
                                     images[0].info["parameters"]))
     if not args.skip_grid and len(all_images) > 1:
@@ -186,26 +269,25 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     return written
 
 
-def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, color_map: Image.Image | None,
-              context: Any, seed: int, common: dict[str, Any]) -> list[Image.Image]:
-    if color_map is None:
-        kwargs = dict(common)
-        kwargs["width"], kwargs["height"] = pww_ldm.pipeline.resolve_size(
-            kwargs["width"], kwargs["height"], kwargs.get("init_image"))
-        return pww_ldm.generate(model, args.prompt, seed=seed, **kwargs)
+def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs | None,
+              seed: int, common: dict[str, Any]) -> list[Image.Image]:
+    """One batch; plain Stable Diffusion when `inputs` has no colour map (or is None)."""
+    if inputs is None or inputs.color_map is None:
+        return pww_ldm.generate(model, args.prompt, seed=seed, **common)
     return pww_ldm.paint_with_words(
-        model, args.prompt, color_map, context, seed=seed, weight_function=args.weight_function,
-        weight_scale=args.weight_scale, resample=args.resample, strict=not args.lenient, **common)
+        model, args.prompt, inputs.color_map, inputs.regions, seed=seed,
+        weight_function=args.weight_function, weight_scale=args.weight_scale,
+        resample=args.resample, strict=not args.lenient, **common)
 
 
 def main(argv: list[str] | None = None, img2img: bool = False) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
     tune_malloc()
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(img2img).parse_args(argv)
+    args = build_parser(img2img).parse_args(sys.argv[1:] if argv is None else argv)
+    set_threads(args.threads)  # before any torch work, the model load included
     try:
-        run(resolve_defaults(args, argv), img2img)
-    except (*USER_ERRORS, UsageError) as exc:
+        run(resolve_defaults(args), img2img)
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,8 @@
     python scripts/eval_regions.py                       # 24 held-out layouts, all conditions
     python scripts/eval_regions.py --n 4 --out /tmp/ev   # a quick look
 
-Prints a markdown table; writes benchmarks/results/eval_regions.{md,json,png}.
+Prints a markdown table; writes outputs/eval_regions/eval_regions.{md,json,png} (pass
+--out benchmarks/results to update the committed results).
 """
 
 import argparse
@@ -12,26 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from pww_ldm.allocator import tune_malloc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without install
 
-REPO = Path(__file__).resolve().parent.parent
+from pww_ldm.allocator import tune_malloc  # noqa: E402
+from pww_ldm.paths import DEMO_CKPT  # noqa: E402
+
+DEFAULT_OUT = Path("outputs") / "eval_regions"  # never the committed benchmarks/results/
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse options, run pww_ldm.train.eval_regions.evaluate, print and write the results."""
-    tune_malloc()
-    import torch
-
-    import pww_ldm
-    from pww_ldm.train.eval_regions import (
-        default_conditions,
-        evaluate,
-        markdown_table,
-        write_results,
-    )
-
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of this script."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", default=str(REPO / "models" / "pww-demo" / "model.safetensors"))
+    p.add_argument("--ckpt", default=str(DEMO_CKPT))
     p.add_argument("--n", type=int, default=24, help="held-out layouts (2-3 objects each)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--steps", type=int, default=30)
@@ -41,9 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--conditions", nargs="*", default=None,
                    help="names of the conditions to run (default: all), e.g. 'no PwW' 'max x0.8'")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help=f"output folder (default {DEFAULT_OUT}; benchmarks/results holds the "
+                        "committed results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run pww_ldm.train.eval_regions.evaluate, print and write the results."""
+    tune_malloc()
+    import pww_ldm
+    from pww_ldm.threads import set_threads
+    from pww_ldm.train.eval_regions import (
+        default_conditions,
+        evaluate,
+        markdown_table,
+        write_results,
+    )
+
+    p = build_parser()
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     conditions = default_conditions()
     if args.conditions:
         unknown = set(args.conditions) - {c.name for c in conditions}

@@ -148,7 +148,8 @@ def _quiet_lightning() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 (all ok), 1 (some job failed) or 2 (bad input, nothing generated)."""
     from ..allocator import tune_malloc
-    from ..cli import DEMO_CKPT, SD_CKPT, USER_ERRORS
+    from ..paths import resolve_checkpoint
+    from ..user_errors import USER_ERRORS
 
     tune_malloc()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -156,10 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_lightning()
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    ckpt = args.ckpt or str(DEMO_CKPT if DEMO_CKPT.is_file() else SD_CKPT)
     try:
-        if not Path(ckpt).is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt} does not exist (give --ckpt)")
+        ckpt = resolve_checkpoint(args.ckpt)
         jobs = validate_job_file(args.jobs, check_inputs=not args.no_input_checks)
         if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
             _lock = lock_outdir(Path(args.outdir))  # noqa: F841 - kept open until exit

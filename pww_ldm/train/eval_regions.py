@@ -6,7 +6,11 @@ each object's silhouette is painted in its own colour in the colour map, with th
 seed, and every output is segmented by colour (each pixel to the nearest palette colour). Per
 object: IoU of its colour's pixels with its painted region, whether their centroid lies inside
 the region and inside the region's bounding box, the fraction of them inside the region (extra
-copies elsewhere lower it) and recall (the object is drawn at all).
+copies elsewhere lower it), recall (the object is drawn at all), duplicates (blobs of its colour
+outside its region) and the attention score (pww_ldm.region.adherence: the share of the label's
+attention mass inside the region and the IoU of its thresholded attention map), so the benchmark
+shows how well the attention score, which needs no segmenter, tracks the segmentation IoU.
+Layout families (shapes.FAMILIES): "train" like the training set, and hard ones unlike it.
 
 The bounding-box centre test is the one the issue's reference numbers used ("object centres inside
 their painted box"); the silhouette test is stricter in a way that says little about placement: a
@@ -26,7 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .shapes import BACKGROUNDS, COLORS, Layout, caption, render_layout, sample_layout
+from ..pipeline import paint_with_words
+from ..region.adherence import adherence
+from ..region.features import FeatureOptions
+from .eval_metrics import duplicates, pearson
+from .shapes import BACKGROUNDS, COLORS, FAMILIES, Layout, caption, render_layout, sample_family
 
 PALETTE = np.array(list(COLORS.values()) + [c for _, top, bottom in BACKGROUNDS.values()
                                             for c in (top, bottom)], np.float32)
@@ -38,19 +46,24 @@ MAP_TOP, MAP_BOTTOM = (0, 200, 200), (120, 90, 60)
 
 @dataclass
 class Condition:
-    """One way of generating: no PwW (weight_function None) or a weight function and scale."""
+    """One way of generating: no PwW (weight_function None) or a weight function and scale,
+    plus the region features (FeatureOptions fields, e.g. {"self_attention": 0.3}) and whether
+    each object's region carries its own prompt ("a red circle") besides its label."""
 
     name: str
     weight_function: str | None = None
     weight_scale: float | None = None
     outside: float = 0.0  # each object's weight outside its region (negative pushes it out)
     background: float = 0.0  # weight of the background's words ("sky", "ground") on their area
-    scores: list[dict[str, float]] = field(default_factory=list)
+    features: dict[str, Any] = field(default_factory=dict)
+    own_prompts: bool = False
+    scores: list[dict[str, Any]] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float]:
-        """Means over all objects of each per-object score."""
-        keys = self.scores[0].keys() if self.scores else ()
-        return {k: float(np.mean([s[k] for s in self.scores])) for k in keys}
+    def summary(self, families: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Means over the objects (of these families; None = all) of each numeric score."""
+        rows = [s for s in self.scores if families is None or s["family"] in families]
+        keys = [k for k, v in (rows[0].items() if rows else ()) if isinstance(v, float)]
+        return {k: float(np.mean([s[k] for s in rows])) for k in keys}
 
 
 def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
@@ -67,18 +80,22 @@ def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[st
     return [(top, free & ~below), (bottom, free & below)]
 
 
-def color_map(layout: Layout, size: int, outside: float = 0.0, background: float = 0.0
+def color_map(layout: Layout, size: int, outside: float = 0.0, background: float = 0.0,
+              weight: float = 1.0, own_prompts: bool = False
               ) -> tuple[Image.Image, list[dict], list[np.ndarray]]:
     """(map image, colour context records, painted masks): each object's visible silhouette in
-    its colour, weight 1 inside and `outside` elsewhere; with `background` != 0 the background's
+    its colour, `weight` inside and `outside` elsewhere (own_prompts: the record also carries
+    the object's own prompt, e.g. "a red circle"); with `background` != 0 the background's
     areas are painted too, with their words at that weight."""
     _, masks = render_layout(layout, size)
     rgb = np.zeros((size, size, 3), np.uint8) + np.array(MAP_BACKGROUND, np.uint8)
     context = []
     for obj, mask in zip(layout.objects, masks, strict=True):
         rgb[mask] = COLORS[obj.color]
-        context.append({"color": COLORS[obj.color], "label": obj.label, "weight": 1.0,
+        context.append({"color": COLORS[obj.color], "label": obj.label, "weight": weight,
                         "outside": outside})
+        if own_prompts:
+            context[-1]["prompt"] = f"a {obj.label}"
     if background:
         for (label, mask), color in zip(background_regions(layout, masks), (MAP_TOP, MAP_BOTTOM)):
             rgb[mask] = color
@@ -136,8 +153,6 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
     Layout i uses np.random.default_rng([seed, i]) and generation seed seed + i for every
     condition. Figure rows: [target render, colour map, one output per condition].
     """
-    import pww_ldm
-
     conditions = conditions or default_conditions()
     rows = []
     t0 = time.time()
@@ -151,12 +166,12 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
             common = dict(steps=steps, guidance_scale=guidance_scale, seed=seed + i,
                           sampler=sampler, width=size, height=size, progress=False)
             if cond.weight_function is None:
-                image = pww_ldm.txt2img(model, prompt, **common)[0]
+                image = txt2img(model, prompt, **common)[0]
             else:
                 painted, context, _ = color_map(layout, size, cond.outside, cond.background)
-                image = pww_ldm.paint_with_words(model, prompt, painted, context,
-                                                 weight_function=cond.weight_function,
-                                                 weight_scale=cond.weight_scale, **common)[0]
+                image = paint_with_words(model, prompt, painted, context,
+                                         weight_function=cond.weight_function,
+                                         weight_scale=cond.weight_scale, **common)[0]
             for obj, mask in zip(layout.objects, masks, strict=True):
                 cond.scores.append(score_object(segment(image, COLORS[obj.color]), mask))
             row.append(image)
