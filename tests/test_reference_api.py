@@ -9,6 +9,7 @@ README's 512x512 map (contents/example_input.png, not shipped) is replaced by a 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -255,6 +256,21 @@ def test_scheduler_selects_sampler_when_generating(readme_dir, demo_tools):
     assert (single["Sampler"], single["Eta"]) == ("DPM++ 2S a", "0.0")
     edited = _parameters(run(demo_tools, init_image=lms, strength=0.5))
     assert edited["Denoising strength"] == "0.5"
+
+
+def test_readme_region_seeds(readme_dir, demo_tools):
+    # The README's regional seeding: a 3rd field seeds the region's starting noise, -1 follows `seed`.
+    def run(cat_seed):
+        context = {color: text + ",-1" for color, text in COLOR_CONTEXT.items()}
+        context[(0, 0, 0)] = f"cat,1.0,{cat_seed}"
+        return paint_with_words(color_context=context, color_map_image=_readme_map(),
+                                input_prompt=PROMPT, num_inference_steps=4, preloaded_utils=demo_tools)
+
+    seeded, unseeded = run(2077), run(-1)
+    regions = json.loads(json.loads(_parameters(seeded)["PwW regions"]))  # A1111-quoted JSON
+    assert [r.get("seed") for r in regions] == [2077, None, None, None, None]
+    assert "seed" not in json.loads(json.loads(_parameters(unseeded)["PwW regions"]))[0]
+    assert np.abs(_pixels(seeded) - _pixels(unseeded)).max() > 0
 
 
 @pytest.fixture
