@@ -113,3 +113,12 @@ def test_missing_label_lists_tokens_per_chunk(tok) -> None:
     assert "chunk 2 (positions 78-152): 78:tree 79:cats" in message
     with pytest.raises(LabelNotInPromptError, match="occurrence 3 asked for, but it occurs 2"):
         label_positions("a cat and a cat", "cat", tok, occurrence=3)
+
+
+def test_break_inside_brackets_is_the_word(tok) -> None:
+    # A1111: the marker's weight becomes -1 * 1.1, no longer the marker's -1, so tokenize_line
+    # encodes the word "break" at weight -1.1 and starts no chunk.
+    chunks = prompt_chunks("(a BREAK b)", tok)
+    assert len(chunks) == 1
+    assert chunks[0].tokens == [320, *tok.encode("break"), tok.encode("b")[0]]
+    assert chunks[0].multipliers == [1.1, -1.1, 1.1]

@@ -113,6 +113,8 @@ def prompt_chunks(prompt: str, tokenizer: TextTokenizer, embeddings: EmbeddingLo
     chunks: list[PromptChunk] = []
     chunk = PromptChunk()
     for text, weight in parse_prompt_attention(prompt):
+        # Inside brackets the marker's weight is multiplied too, and A1111 then reads it as the
+        # word "BREAK" at that (negative) weight; so does this test.
         if text == "BREAK" and weight == BREAK_WEIGHT:
             chunks.append(chunk)
             chunk = PromptChunk()
