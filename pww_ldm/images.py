@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,12 @@ def from_pil(image: Image.Image, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None,
+             extra_text: Mapping[str, str] | None = None) -> Path:
     """Write a PNG atomically (temporary file in the same folder, then rename).
 
     `parameters` goes into the `parameters` text chunk that A1111 / ComfyUI read back.
+    extra_text: more {keyword: text} chunks, compressed (zTXt), e.g. the web UI's `pww` chunk.
     A crash mid-write leaves no partial file under `path`.
     """
     path = Path(path)
@@ -51,6 +54,8 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
     text = parameters if parameters is not None else image.info.get("parameters")
     if text:
         info.add_text("parameters", text)
+    for key, value in (extra_text or {}).items():
+        info.add_text(key, value, zip=True)
     with atomic_file(path) as f:
         image.save(f, format="PNG", pnginfo=info)
     return path

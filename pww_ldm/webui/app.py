@@ -1,0 +1,119 @@
+"""The page: paint the map, name its colours, generate, compare, reopen (gradio Blocks).
+
+`build_app(ui)` lays out the components and wires them to `UI`'s methods (pww_ldm.webui.events),
+which hold the logic; nothing here runs until a server launches the Blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..region import WEIGHT_FUNCTIONS
+from ..samplers.registry import sampler_names
+from . import palette, regions
+from .events import UI
+
+CSS = """
+.pww-swatch {display:inline-block; width:1.1em; height:1.1em; border:1px solid #888;
+             vertical-align:middle}
+.pww-legend {list-style:none; padding-left:0; margin:0} .pww-bad {color:#c00}
+.pww-tokens code {margin-right:2px}
+"""
+
+
+def _paint_column(ui: UI) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Tab("Paint"):
+        c["editor"] = gr.ImageEditor(
+            value=ui.start_editor(), type="numpy", image_mode="RGB", format="png",
+            canvas_size=(ui.start["width"], ui.start["height"]), sources=(), transforms=(),
+            layers=False, label="colour map (brush, eraser, undo in the toolbar)",
+            brush=gr.Brush(colors=list(palette.PALETTE), default_color=palette.PALETTE[1],
+                           color_mode="fixed", default_size=max(2, ui.start["width"] // 16)),
+            eraser=gr.Eraser(default_size=max(2, ui.start["width"] // 16)),
+            elem_id="pww-editor", height=420)
+        with gr.Row():
+            c["clear"] = gr.Button("Clear map", elem_id="pww-clear")
+            c["upload_map"] = gr.UploadButton("Upload map", file_types=["image"], elem_id="pww-upload-map")
+        with gr.Row():
+            c["fill_color"] = gr.Dropdown(list(palette.PALETTE), value=palette.PALETTE[1],
+                                          label="fill colour (click the quantised map to fill)")
+        c["qmap"] = gr.Image(value=ui.start_map(), type="numpy", format="png", interactive=False,
+                             label="quantised map (what PwW sees; click to fill)", elem_id="pww-qmap",
+                             height=260)
+    with gr.Tab("img2img"):
+        c["init_image"] = gr.Image(type="filepath", sources=["upload"], label="init image (optional)")
+        c["strength"] = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="denoising strength")
+    return c
+
+
+def _regions_column(ui: UI) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    c["legend"] = gr.HTML(ui.start_legend(), elem_id="pww-legend")
+    c["table"] = gr.Dataframe(value=ui.start_rows(), headers=regions.HEADERS,
+                              datatype=regions.DATATYPES, type="array", interactive=True,
+                              static_columns=[0, 1],
+                              label="regions (edit label, weight, seed, blur, outside, occurrence)",
+                              elem_id="pww-table")
+    with gr.Row():
+        c["export_json"] = gr.DownloadButton("Download JSON", elem_id="pww-export-json")
+        c["export_yaml"] = gr.DownloadButton("Download YAML")
+        c["import"] = gr.UploadButton("Upload JSON/YAML", file_types=[".json", ".yaml", ".yml"])
+    return c
+
+
+def _settings_column(ui: UI) -> dict[str, Any]:
+    s, c = ui.start, {}
+    c["model"] = gr.Dropdown(ui.worker.pool.names, value=ui.worker.pool.names[0], label="model")
+    c["prompt"] = gr.Textbox(s["prompt"], lines=2, label="prompt", elem_id="pww-prompt")
+    c["negative_prompt"] = gr.Textbox("", lines=1, label="negative prompt")
+    with gr.Row():
+        c["sampler"] = gr.Dropdown(sampler_names("a1111"), value=s["sampler"], label="sampler")
+        c["steps"] = gr.Number(s["steps"], precision=0, minimum=1, label="steps")
+        c["cfg_scale"] = gr.Number(s["cfg_scale"], label="CFG scale")
+    with gr.Row():
+        c["seed"] = gr.Number(-1, precision=0, label="seed (-1 = random)", elem_id="pww-seed")
+        c["reuse_seed"] = gr.Button("♻ last seed", min_width=60)
+        c["keep_seed"] = gr.Checkbox(True, label="keep the seed after a run")
+    with gr.Row():
+        c["width"] = gr.Number(s["width"], precision=0, label="width (multiple of 8)")
+        c["height"] = gr.Number(s["height"], precision=0, label="height (multiple of 8)")
+        c["batch_size"] = gr.Number(1, precision=0, minimum=1, maximum=8, label="batch size")
+    with gr.Row():
+        c["weight_function"] = gr.Dropdown(list(WEIGHT_FUNCTIONS), value=s["weight_function"],
+                                           label="weight function")
+        c["weight_scale"] = gr.Number(s["weight_scale"], label="weight scale")
+        c["compare"] = gr.Checkbox(True, label="compare: map | without PwW | with PwW")
+    with gr.Row():
+        c["generate"] = gr.Button("Generate", variant="primary", elem_id="pww-generate")
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="pww-stop")
+    c["gallery"] = gr.Gallery(label="output", format="png", columns=1, object_fit="contain",
+                              height="auto", elem_id="pww-gallery")
+    c["info"] = gr.Textbox(label="settings of the images", lines=3, elem_id="pww-info")
+    c["reopen"] = gr.File(label="reopen: drop a PNG this tool wrote", file_types=[".png"],
+                          elem_id="pww-reopen")
+    c["last_seed"] = gr.State(None)
+    c["results"] = gr.State(None)
+    c["extra_colors"] = gr.State([])
+    return c
+
+
+def build_app(ui: UI) -> gr.Blocks:
+    """The Blocks of the page, wired to `ui`."""
+    with gr.Blocks(title="Paint-with-Words") as app:
+        gr.Markdown("## Paint-with-Words — paint a map, name its colours, generate")
+        with gr.Row():
+            with gr.Column(scale=1):
+                c = _paint_column(ui)
+                c.update(_regions_column(ui))
+            with gr.Column(scale=1):
+                c.update(_settings_column(ui))
+        ui.wire(c)
+    return app
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Keywords for Blocks.launch that every server uses (upload limit, styling)."""
+    return {"max_file_size": "20mb", "css": CSS}

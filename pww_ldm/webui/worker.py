@@ -1,0 +1,190 @@
+"""Generation for the web UI: the models the server offers, one generation at a time per model,
+Stop between sampler steps, and the outputs saved atomically with their settings.
+
+Every request carries all its settings in a `Request`; nothing of one request is kept where
+another could read it (the model is shared, read-only, behind its lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..images import check_size, image_grid, save_png
+from ..pipeline import resolve_seed
+from .pngmeta import pww_chunk
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+Progress = Callable[[str, int, int], None]  # (phase, step done, total steps)
+
+
+class GenerationStopped(Exception):
+    """Raised from the sampler callback when the user pressed Stop."""
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the server's list (clients never name a path)."""
+
+
+def find_models(models_dir: str | Path | None, default: Path) -> dict[str, Path]:
+    """{name: checkpoint path} the server offers: `default` first, then every .safetensors /
+    .ckpt under models_dir (name = path relative to it)."""
+    models = {f"{default.parent.name}/{default.name}": default}
+    if models_dir is not None:
+        root = Path(models_dir)
+        for path in sorted(root.rglob("*")):
+            if path.suffix in MODEL_SUFFIXES and path.is_file() and path.resolve() != default.resolve():
+                models[str(path.relative_to(root))] = path
+    return models
+
+
+class ModelPool:
+    """Models by name, each loaded once (the default at start, others on first use), each with
+    the lock that keeps its generations one at a time."""
+
+    def __init__(self, models: dict[str, Path], loader: Callable[..., Any], **load_kwargs: Any):
+        self.paths = dict(models)
+        self._loader, self._load_kwargs = loader, load_kwargs
+        self._models: dict[str, Any] = {}
+        self._locks = {name: threading.Lock() for name in self.paths}
+        self._load_lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        """The model names a client may choose from."""
+        return list(self.paths)
+
+    def get(self, name: str) -> tuple[Any, threading.Lock]:
+        """(model, its generation lock); UnknownModelError for a name not offered."""
+        if name not in self.paths:
+            raise UnknownModelError(f"model {name!r} is not offered by this server; choose one of "
+                                    f"{self.names}")
+        with self._load_lock:
+            if name not in self._models:
+                self._models[name] = self._loader(self.paths[name], **self._load_kwargs)
+        return self._models[name], self._locks[name]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: every setting, as the page sends them. color_map: (H, W, 3) uint8, the
+    quantised map at width x height; regions: colour-context records of the labelled colours."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    color_map: np.ndarray
+    regions: list[dict[str, Any]]
+    sampler: str = "Euler a"
+    steps: int = 20
+    cfg_scale: float = 7.5
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    weight_function: str = "std"
+    weight_scale: float = 8.0
+    init_image: Image.Image | None = field(default=None, repr=False)
+    strength: float = 0.6
+    compare: bool = True
+
+    def settings(self, seed: int) -> dict[str, Any]:
+        """The UI fields saved in the `pww` chunk, with the seed actually used."""
+        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale,
+                "seed": seed, "width": self.width, "height": self.height,
+                "batch_size": self.batch_size, "weight_function": self.weight_function,
+                "weight_scale": self.weight_scale,
+                "strength": self.strength if self.init_image is not None else None}
+
+
+@dataclass
+class Result:
+    """images: with PwW; plain: the same seeds without PwW ([] unless compare); panels: map |
+    without | with per image ([] unless compare); paths: files written; seed: of image 0."""
+
+    images: list[Image.Image]
+    plain: list[Image.Image]
+    panels: list[Image.Image]
+    paths: list[Path]
+    seed: int
+
+
+class Worker:
+    """Runs Requests on a ModelPool and writes their images under outdir/samples."""
+
+    def __init__(self, pool: ModelPool, outdir: str | Path):
+        self.pool = pool
+        self.outdir = Path(outdir)
+        self._save_lock = threading.Lock()  # numbering files: two requests never pick one name
+
+    def run(self, request: Request, stop: threading.Event | None = None,
+            progress: Progress | None = None) -> Result:
+        """Generate (with PwW, then without when request.compare), save, return the Result.
+
+        Raises the engine's ValueError subclasses for bad input before sampling, and
+        GenerationStopped when `stop` is set between two steps (nothing is written then).
+        """
+        import pww_ldm
+
+        check_size(request.width, request.height)
+        if not request.regions:
+            raise ValueError("nothing to paint: give at least one colour of the map a label "
+                             "(the labels must be words of the prompt)")
+        model, lock = self.pool.get(request.model)
+        seed = resolve_seed(request.seed)
+        common = dict(steps=request.steps, guidance_scale=request.cfg_scale, seed=seed,
+                      sampler=request.sampler, negative_prompt=request.negative_prompt,
+                      width=request.width, height=request.height, n_images=request.batch_size,
+                      progress=False)
+        if request.init_image is not None:
+            common.update(init_image=request.init_image, strength=request.strength)
+        color_map = Image.fromarray(request.color_map)
+        with lock:
+            images = pww_ldm.paint_with_words(
+                model, request.prompt, color_map, request.regions,
+                weight_function=request.weight_function, weight_scale=request.weight_scale,
+                callback=self._callback("with PwW", request, stop, progress), **common)
+            plain = []
+            if request.compare:
+                plain = pww_ldm.generate(
+                    model, request.prompt,
+                    callback=self._callback("without PwW", request, stop, progress), **common)
+        panels = [image_grid([color_map, p, i]) for p, i in zip(plain, images)]
+        return Result(images, plain, panels, self._save(request, seed, images, panels), seed)
+
+    @staticmethod
+    def _callback(phase: str, request: Request, stop: threading.Event | None,
+                  progress: Progress | None) -> Callable[[dict], None]:
+        total = request.steps
+        if request.init_image is not None:  # img2img runs only the last `strength` of the steps
+            total = max(1, int(request.steps * request.strength))
+
+        def callback(state: dict) -> None:
+            if stop is not None and stop.is_set():
+                raise GenerationStopped("stopped by the user")
+            if progress is not None:
+                progress(phase, min(state["i"] + 1, total), total)
+        return callback
+
+    def _save(self, request: Request, seed: int, images: list[Image.Image],
+              panels: list[Image.Image]) -> list[Path]:
+        samples = self.outdir / "samples"
+        written = []
+        with self._save_lock:
+            samples.mkdir(parents=True, exist_ok=True)
+            count = len(list(samples.glob("*.png")))
+            for i, image in enumerate(images):
+                chunk = pww_chunk(request.prompt, request.negative_prompt,
+                                  request.settings(seed + i), request.regions, request.color_map)
+                path = samples / f"{count + i:05}.png"
+                written.append(save_png(image, path, image.info.get("parameters"), {"pww": chunk}))
+                if i < len(panels):
+                    written.append(save_png(panels[i], self.outdir / f"compare-{count + i:05}.png",
+                                            image.info.get("parameters")))
+        return written
