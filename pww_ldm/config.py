@@ -17,6 +17,10 @@ LDM_ALIASES = {
     "ldm.models.autoencoder.AutoencoderKL": "pww_ldm.models.autoencoder.AutoencoderKL",
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
         "pww_ldm.models.text_encoder.FrozenCLIPEmbedder",
+    "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder":
+        "pww_ldm.models.open_clip.FrozenOpenCLIPEmbedder",
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion":
+        "pww_ldm.models.latent_diffusion.LatentInpaintDiffusion",
 }
 
 

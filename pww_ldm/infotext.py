@@ -123,12 +123,18 @@ def short_hash(path: str | os.PathLike) -> str:
 
 
 def model_settings(model: Any) -> dict[str, str]:
-    """{"Model hash": ..., "Model": file stem} of the checkpoint `load_model` read `model` from.
+    """{"Model hash", "Model"} of the checkpoint `load_model` read `model` from, then, when a
+    separate VAE was loaded, {"VAE hash", "VAE"} (A1111's keys: its hash the same way, its name
+    the file name with the extension, as A1111 writes it).
 
-    Reads the `checkpoint_path` attribute load_model sets; {} for a model built in code or one
-    whose file is gone.
+    Reads the `checkpoint_path` / `vae_path` attributes load_model sets; {} for a model built in
+    code or one whose file is gone.
     """
     path = getattr(model, "checkpoint_path", None)
     if path is None or not Path(path).is_file():
         return {}
-    return {"Model hash": short_hash(path), "Model": Path(path).stem}
+    settings = {"Model hash": short_hash(path), "Model": Path(path).stem}
+    vae = getattr(model, "vae_path", None)
+    if vae is not None and Path(vae).is_file():
+        settings.update({"VAE hash": short_hash(vae), "VAE": Path(vae).name})
+    return settings

@@ -61,17 +61,30 @@ def schedule_tensors(beta_schedule: str, timesteps: int, linear_start: float,
 
 
 class DiffusionWrapper(nn.Module):
-    """Holds the UNet as `diffusion_model` (the `model.diffusion_model.*` key prefix)."""
+    """Holds the UNet as `diffusion_model` (the `model.diffusion_model.*` key prefix).
+
+    conditioning_key "crossattn": text through cross-attention only; "hybrid" (inpainting
+    models): also `c_concat` channels concatenated after the latent, as CompVis's wrapper does.
+    """
 
     def __init__(self, diff_model_config: dict, conditioning_key: str | None = "crossattn") -> None:
         super().__init__()
-        if conditioning_key not in ("crossattn", None):
-            raise ValueError(f"conditioning_key {conditioning_key!r} is not supported")
+        if conditioning_key not in ("crossattn", "hybrid", None):
+            raise ValueError(f"conditioning_key {conditioning_key!r} is not supported "
+                             "(use crossattn, or hybrid for inpainting models)")
+        self.conditioning_key = conditioning_key
         self.diffusion_model = instantiate_from_config(diff_model_config)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor,
-                context: torch.Tensor | UNetContext | None) -> torch.Tensor:
-        """x (B, C, h, w), t (B,), context (B, 77, C_ctx) or UNetContext -> eps (B, C, h, w)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | UNetContext | None,
+                c_concat: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, h, w), t (B,), context (B, 77, C_ctx) or UNetContext, c_concat (B, C', h, w)
+        for a hybrid model -> the UNet's output (B, C, h, w)."""
+        if (c_concat is None) != (self.conditioning_key != "hybrid"):
+            raise ValueError("an inpainting (hybrid) model needs c_concat (mask + masked-image "
+                             "latent) and other models take none: use pww_ldm.inpaint for it"
+                             if c_concat is None else "c_concat given to a non-inpainting model")
+        if c_concat is not None:
+            x = torch.cat([x, c_concat.to(x)], dim=1)
         return self.diffusion_model(x, t, context=context)
 
 
@@ -90,8 +103,9 @@ class LatentDiffusion(nn.Module):
                  cond_stage_trainable: bool = False, v_posterior: float = 0.0,
                  image_size: int = 64, channels: int = 4, **compvis_training_params: Any) -> None:
         super().__init__()
-        if parameterization != "eps":
-            raise ValueError(f"parameterization {parameterization!r} is not supported (SD v1 is eps)")
+        if parameterization not in ("eps", "v"):
+            raise ValueError(f"parameterization {parameterization!r} is not supported: eps (SD v1, "
+                             "SD 2.x 512-base) or v (SD 2.x 768-v)")
         self.parameterization = parameterization
         self.image_size = image_size
         self.channels = channels
@@ -134,10 +148,11 @@ class LatentDiffusion(nn.Module):
         s = self.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1).to(x_start.dtype)
         return a * x_start + s * noise
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor,
-                    cond: torch.Tensor | UNetContext) -> torch.Tensor:
-        """Noise prediction: x_noisy (B, 4, h, w), t (B,), cond (B, 77, C) or UNetContext."""
-        return self.model(x_noisy, t, cond)
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | UNetContext,
+                    c_concat: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's prediction (eps, or v when `parameterization` is "v"): x_noisy (B, 4, h, w),
+        t (B,), cond (B, 77*k, C) or UNetContext; c_concat (B, 5, h, w) for inpainting models."""
+        return self.model(x_noisy, t, cond, c_concat)
 
     @property
     def clip_skip(self) -> int:
@@ -170,3 +185,36 @@ class LatentDiffusion(nn.Module):
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion latent (B, 4, h, w) -> image (B, 3, 8h, 8w) roughly in [-1, 1]."""
         return self.first_stage_model.decode(z / self.scale_factor)
+
+
+class LatentInpaintDiffusion(LatentDiffusion):
+    """CompVis's inpainting model (SD 1.5 / 2 inpainting): the UNet takes 9 channels, the noisy
+    latent then `c_concat` = [mask (1), masked-image latent (4)] at latent size.
+
+    concat_keys, masked_image_key, finetune_keys and the rest of CompVis's training parameters
+    are accepted and ignored; conditioning_key is "hybrid".
+    """
+
+    def __init__(self, *args: Any, concat_keys: Any = ("mask", "masked_image"),
+                 masked_image_key: str = "masked_image", **kwargs: Any) -> None:
+        kwargs.setdefault("conditioning_key", "hybrid")
+        if kwargs["conditioning_key"] != "hybrid":
+            raise ValueError("LatentInpaintDiffusion needs conditioning_key: hybrid")
+        super().__init__(*args, **kwargs)
+
+    @torch.no_grad()
+    def inpaint_conditioning(self, image: torch.Tensor, mask: torch.Tensor,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+        """c_concat (B, 5, h, w) of images (B, 3, H, W) in [-1, 1] and masks (B, 1, H, W) in
+        {0, 1} (1 = repaint): the mask resized to the latent grid (nearest, as CompVis's
+        interpolate) and the latent of `image * (mask < 0.5)` (the masked area grey).
+
+        The masked image's latent is the posterior's mean when generator is None (A1111 and
+        diffusers sample it; the mean is the seed-free choice), else a seeded sample.
+        """
+        masked = image * (mask < 0.5).to(image)
+        posterior = self.encode_first_stage(masked.to(self.first_stage_model.post_quant_conv.weight))
+        latent = self.scale_factor * (posterior.mode() if generator is None
+                                      else posterior.sample(generator)).float()
+        small = torch.nn.functional.interpolate((mask >= 0.5).float(), size=latent.shape[-2:])
+        return torch.cat([small, latent], dim=1)

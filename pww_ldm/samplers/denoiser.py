@@ -6,6 +6,12 @@ current sigma, the attention plug-ins and which rows are conditional handed to t
 `UNetContext`. The k-samplers use it through `KDenoiser` (sigma space, Karras et al. 2022); DDIM
 and PLMS call it directly in timestep space. So guidance and the plug-in seam live in one place
 for every sampler.
+
+A v-prediction model (Salimans & Ho 2022, "Progressive Distillation", v = alpha eps - s x_0 with
+x_t = alpha x_0 + s eps, alpha^2 + s^2 = 1) is turned into eps here too, eps = alpha v + s x_t
+with alpha = 1/sqrt(1 + sigma^2), s = sigma alpha: every sampler family then sees an eps model.
+The map is affine with the same coefficients for both CFG halves, so guiding v and converting,
+or converting and guiding eps (or x_0, as k-diffusion's CompVisVDenoiser does), agree.
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ class CFGEpsModel:
     Call: x_in (n,4,h,w) the UNet input (already scaled: x_t in DDPM terms), t (n,) float
     timesteps, sigma (n,) the k-diffusion noise level of this call (for the attention plug-ins),
     cond (n or 1, T, C), uncond (n or 1, T, C) or None, plugins: attention plug-ins for the UNet.
-    Returns eps (n,4,h,w) in x_in's dtype: eps_u + guidance_scale * (eps_c - eps_u).
+    c_concat (n or 1, C', h, w): an inpainting model's extra input channels (mask + masked-image
+    latent), the same for both CFG halves. keep_latent (n, 4, h, w) with keep_mask (n or 1, 1, h, w)
+    in [0, 1]: inpainting with any model, see `keep_known`. Returns eps (n,4,h,w) in x_in's dtype:
+    eps_u + guidance_scale * (eps_c - eps_u); a v model's output is converted (module doc).
 
     With guidance_scale == 1 or uncond None only the cond half runs (half the UNet work).
     The UNet input is cast to the model's parameter dtype (fp16/bf16 on CUDA) and eps back.
@@ -57,6 +66,7 @@ class CFGEpsModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.dtype = model_dtype(model)
+        self.v_prediction = getattr(model, "parameterization", "eps") == "v"
 
     def __call__(
         self,
@@ -68,13 +78,19 @@ class CFGEpsModel:
         uncond: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         plugins: Sequence[AttentionPlugin] = (),
+        c_concat: torch.Tensor | None = None,
+        keep_latent: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        n, state_dtype = x_in.shape[0], x_in.dtype
+        n, state_dtype, x_t = x_in.shape[0], x_in.dtype, x_in
         cond = _rows(cond, n, "cond")
         guided = uncond is not None and guidance_scale != 1.0
+        if c_concat is not None:
+            c_concat = _rows(c_concat, n, "c_concat")
         if guided:
             uncond = _rows(uncond, n, "uncond")
             x_in, t, sigma = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([sigma, sigma])
+            c_concat = None if c_concat is None else torch.cat([c_concat, c_concat])
             embeddings = torch.cat([uncond, cond])
             cond_rows = slice(n, 2 * n)
         else:
@@ -84,11 +100,27 @@ class CFGEpsModel:
             x_in, embeddings = x_in.to(self.dtype), embeddings.to(self.dtype)
         context = UNetContext(embeddings=embeddings, sigma=sigma, plugins=tuple(plugins),
                               cond_rows=cond_rows)
-        eps = self.model.apply_model(x_in, t, context).to(state_dtype)
-        if not guided:
+        extra = {} if c_concat is None else {"c_concat": c_concat}
+        out = self.model.apply_model(x_in, t, context, **extra).to(state_dtype)
+        if guided:
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+        eps = v_to_eps(out, x_t, sigma[:n]) if self.v_prediction else out
+        if keep_latent is None:
             return eps
-        eps_uncond, eps_cond = eps.chunk(2)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return keep_known(eps, x_t, sigma[:n], keep_latent, keep_mask)
+
+
+def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """eps = alpha v + s x_t, alpha = 1/sqrt(1 + sigma^2), s = sigma alpha (module doc).
+
+    v, x_t (n, C, h, w) with x_t the UNet's input (DDPM-scaled); sigma (n,). Computed in
+    float32 (float64 stays), returned in v's dtype.
+    """
+    compute = torch.promote_types(v.dtype, torch.float32)
+    s = sigma.to(compute).view(-1, *([1] * (v.ndim - 1)))
+    alpha = (1 + s**2).rsqrt()
+    return (alpha * v.to(compute) + s * alpha * x_t.to(compute)).to(v.dtype)
 
 
 class KDenoiser(nn.Module):
@@ -118,3 +150,21 @@ class KDenoiser(nn.Module):
         t = self.schedule.sigma_to_t(sigma).to(sigma.dtype)
         eps = self.eps_model(x * c_in, t, sigma, **kwargs)
         return x + eps * c_out
+
+
+def keep_known(eps: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, keep_latent: torch.Tensor,
+               keep_mask: torch.Tensor) -> torch.Tensor:
+    """A1111's inpainting blend, in eps terms: the x_0 prediction is replaced by `keep_latent`
+    where keep_mask is 1 (A1111's `denoised = init_latent * mask + nmask * denoised`).
+
+    x_0 = (x_t - s eps) / alpha, blended, then eps' = (x_t - alpha x_0') / s; every sampler family
+    steps with the blended x_0. eps, x_t, keep_latent (n, C, h, w); sigma (n,) > 0; keep_mask
+    (n or 1, 1, h, w). Returns eps' in eps's dtype.
+    """
+    compute = torch.promote_types(eps.dtype, torch.float32)
+    sig = sigma.to(compute).view(-1, *([1] * (eps.ndim - 1)))
+    alpha = (1 + sig**2).rsqrt()
+    xt, m = x_t.to(compute), keep_mask.to(compute)
+    x0 = (xt - sig * alpha * eps.to(compute)) / alpha
+    x0 = keep_latent.to(compute) * m + x0 * (1 - m)
+    return ((xt - alpha * x0) / (sig * alpha)).to(eps.dtype)

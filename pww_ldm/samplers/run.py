@@ -107,6 +107,7 @@ def sample_latents(
     callback: Callable[[dict[str, Any]], None] | None = None,
     disable_progress: bool = False,
     generator_device: torch.device | str = "cpu",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Sample n = len(seeds) latents (n, *shape) float32, unscaled (before 1 / scale_factor).
 
@@ -120,6 +121,8 @@ def sample_latents(
     int(strength * steps) timesteps. noise_transform: maps the seeded starting noise (n, *shape)
     to the noise to start from (e.g. per-region seeds); the noise is drawn once either way.
     callback: called each step with k-diffusion's dict {'x', 'i', 'sigma', 'sigma_hat', 'denoised'}.
+    model_kwargs: further keywords of every CFGEpsModel call (inpainting: c_concat, keep_latent,
+    keep_mask), tensors moved to `device`.
     """
     _check_strength(options, init_latent)
     generators = make_generators(seeds, generator_device)
@@ -136,7 +139,8 @@ def sample_latents(
     kwargs: dict[str, Any] = {
         "extra_args": {"cond": cond.to(device), "guidance_scale": options.guidance_scale,
                        "plugins": tuple(plugins),
-                       "uncond": None if uncond is None else uncond.to(device)},
+                       "uncond": None if uncond is None else uncond.to(device),
+                       **{k: v.to(device) for k, v in (model_kwargs or {}).items()}},
         "callback": callback,
         "disable": True if disable_progress else None,
         "noise_sampler": noise_cls(generators, shape, device, torch.float32),
