@@ -3,6 +3,7 @@
 Accepted spellings, case-insensitive, surrounding spaces ignored: the AUTOMATIC1111 web UI names
 ("Euler a", "DPM++ 2M Karras", "DDIM", ...) and snake_case names ("euler_a", "dpmpp_2m_karras",
 "ddim", ...), plus k-diffusion's function names ("euler_ancestral", "dpmpp_2s_ancestral", ...).
+"LCM" (alias "k_lcm") is the Latent Consistency Model sampler, for LCM / LCM-LoRA models.
 "Karras" variants use the Karras et al. 2022 schedule (rho = 7) between the model's sigma_min and
 sigma_max; the others use k-diffusion's default spacing (`DiscreteSchedule.get_sigmas`).
 """
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ddim, dpmpp, k_samplers
+from . import ddim, dpmpp, k_samplers, lcm
 from .errors import UnknownSamplerError
 
 
@@ -57,6 +58,7 @@ _K_SAMPLERS: list[tuple[str, str, Callable[..., Any], dict[str, Any], tuple[str,
         {"solver_type": "heun"},
         (),
     ),
+    ("lcm", "LCM", lcm.sample_lcm, {}, ("k_lcm",)),  # A1111's label and alias
 ]
 
 
