@@ -59,6 +59,8 @@ from bench_util import (  # noqa: E402
     write_json_atomic,
 )
 
+from pww_ldm.allocator import tune_malloc  # noqa: E402
+
 SECTIONS = ("unet", "precision", "vae", "kernels", "compile", "txt2img", "alloc")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -167,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print the tables, write the JSON; returns the exit code."""
     args = parse_args(argv)
+    tune_malloc()  # as the entry points do (importing pww_ldm leaves the allocator alone)
     torch.manual_seed(0)
     b = Bench(args)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in b.info.items()), flush=True)

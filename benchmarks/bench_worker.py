@@ -9,7 +9,6 @@ printed as one line `BENCH_RESULT {json}`.
 
 from __future__ import annotations
 
-import ctypes.util
 import gc
 import json
 import os
@@ -19,24 +18,11 @@ from typing import Any
 
 
 def _import_pww_ldm(malloc_tuning: bool) -> bool:
-    """Import pww_ldm, with or without its start-up mallopt; True when tuning is active."""
-    if malloc_tuning:
-        import pww_ldm.allocator
+    """Import pww_ldm and tune glibc malloc as the entry points do, or keep glibc's defaults
+    (importing pww_ldm changes nothing); True when tuning is active."""
+    import pww_ldm.allocator
 
-        return pww_ldm.allocator.tune_malloc()
-    # pww_ldm tunes glibc malloc when imported. To measure the glibc defaults, hide libc from
-    # that one call (tune_malloc then reports False and sets nothing); PWW_NO_MALLOC_TUNING=1 is
-    # also set for when pww_ldm.allocator honours it.
-    os.environ["PWW_NO_MALLOC_TUNING"] = "1"
-    find_library = ctypes.util.find_library
-    ctypes.util.find_library = lambda name: None if name == "c" else find_library(name)
-    try:
-        import pww_ldm.allocator
-
-        tuned = pww_ldm.allocator._tuned
-    finally:
-        ctypes.util.find_library = find_library
-    return tuned
+    return pww_ldm.allocator.tune_malloc() if malloc_tuning else False
 
 
 def unet_step(task: dict[str, Any]) -> dict[str, Any]:

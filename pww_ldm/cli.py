@@ -24,9 +24,10 @@ from . import paths
 from .allocator import tune_malloc
 from .images import check_size, image_grid, save_png
 from .kernels import KERNELS
+from .models.embeddings import EmbeddingError, embedding_files, load_embeddings
 from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
-from .region import RegionContext, load_color_context
+from .region import LabelNotInPromptError, RegionContext, load_color_context
 from .samplers.registry import get_sampler, sampler_names
 from .threads import set_threads
 from .user_errors import USER_ERRORS, UsageError, open_image
@@ -35,6 +36,7 @@ __all__ = ["UsageError", "build_parser", "check_inputs", "main", "resolve_defaul
 
 # What a flag left out means (the parser's defaults are None, so "not given" is visible); with
 # the bundled demo model, its demo.json comes first.
+DEFAULT_EMBEDDINGS = "embeddings"
 DEFAULTS: dict[str, Any] = {"steps": 30, "scale": 7.5, "sampler": "euler_a",
                             "weight_function": "max", "compare": False}
 DEMO_SETTINGS = ("steps", "scale", "sampler", "weight_function", "weight_scale")
@@ -67,6 +69,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (slow first image, faster steps after)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--clip-skip", type=_positive_int, default=None,
+                   help="A1111's clip skip: 1 = the text encoder's last layer (default), 2 = the "
+                        "penultimate layer then the final layer norm, ...")
+    p.add_argument("--embeddings-dir", type=str, default=None,
+                   help=f"textual-inversion embeddings (.pt/.bin/.safetensors), used by file name "
+                        f"in the prompt (default: {DEFAULT_EMBEDDINGS}/ when it exists)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -204,6 +212,7 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
     another tokenizer still gets its labels checked (after the load).
     """
     _check_numbers(args, img2img)
+    embeddings = _embedding_names(args)
     init = open_image(args.init_img, "init image") if img2img else None
     use_map = not args.no_pww and args.color_map is not None
     color_map = open_image(args.color_map, "colour map") if use_map else None
@@ -214,11 +223,54 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
         regions = load_color_context(args.color_context)
         with warnings.catch_warnings():  # --lenient's warnings come once, from the pipeline
             warnings.simplefilter("ignore")
-            RegionContext.build(args.prompt, color_map, regions, width=width, height=height,
-                                tokenizer=get_tokenizer(), weight_function=args.weight_function,
-                                weight_scale=args.weight_scale, resample=args.resample,
-                                strict=not args.lenient)
+            try:
+                RegionContext.build(args.prompt, color_map, regions, width=width, height=height,
+                                    tokenizer=get_tokenizer(), weight_function=args.weight_function,
+                                    weight_scale=args.weight_scale, resample=args.resample,
+                                    strict=not args.lenient)
+            except LabelNotInPromptError:
+                # an embedding's name tokenizes differently once loaded: the pipeline checks
+                # such labels again with the model's own tokenizer
+                if not any(name in args.prompt for name in embeddings):
+                    raise
     return Inputs(color_map, regions, init, width, height)
+
+
+def _embeddings_dir(args: argparse.Namespace) -> Path | None:
+    """The embeddings folder to load: --embeddings-dir (must exist), else embeddings/ if present."""
+    if args.embeddings_dir is not None:
+        if not Path(args.embeddings_dir).exists():
+            raise UsageError(f"--embeddings-dir {args.embeddings_dir} does not exist: pass a folder "
+                             "or file of textual-inversion embeddings, or leave the flag out")
+        return Path(args.embeddings_dir)
+    default = Path(DEFAULT_EMBEDDINGS)
+    return default if default.is_dir() else None
+
+
+def _embedding_names(args: argparse.Namespace) -> set[str]:
+    """The names (file stems) of the embeddings this run will load."""
+    folder = _embeddings_dir(args)
+    if folder is None:
+        return set()
+    try:
+        return {path.stem for path in embedding_files(folder)}
+    except EmbeddingError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _prepare_text(model: Any, args: argparse.Namespace) -> None:
+    """Clip skip and textual-inversion embeddings on the loaded model."""
+    if args.clip_skip is not None:
+        try:
+            model.clip_skip = args.clip_skip
+        except ValueError as exc:
+            raise UsageError(f"--clip-skip: {exc}") from None
+    folder = _embeddings_dir(args)
+    if folder is not None:
+        try:
+            load_embeddings(model, folder)
+        except EmbeddingError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -236,6 +288,7 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
                                dtype=_precision(args), use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
                                compile=args.compile)
+    _prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))
     sample_dir = outdir / "samples"  # created by the first save_png, not before
     count = len(list(sample_dir.glob("*.png")))

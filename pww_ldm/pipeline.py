@@ -23,6 +23,7 @@ from .conditioning import AttentionPlugin
 from .images import check_size, from_pil, to_pil
 from .infotext import format_parameters, model_settings
 from .models.latent_diffusion import LatentDiffusion
+from .models.text_encoder import pad_to_same_length
 from .region import PaintWithWords, RegionContext
 from .samplers.options import SamplingOptions
 from .samplers.run import sample_latents
@@ -89,6 +90,9 @@ def _settings(model: LatentDiffusion, options: SamplingOptions, width: int, heig
         settings["Denoising strength"] = options.strength
     if options.eta is not None:
         settings["Eta"] = options.eta
+    clip_skip = getattr(model, "clip_skip", 1)
+    if isinstance(clip_skip, int) and clip_skip > 1:  # A1111 writes it only when it is not 1
+        settings["Clip skip"] = clip_skip
     settings.update(extra or {})
     return settings
 
@@ -120,6 +124,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     cond = model.get_learned_conditioning([prompt])
     guided = options.guidance_scale != 1.0
     uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
+    if uncond is not None:  # A1111: the shorter side gets the empty prompt's chunks at its end
+        cond, uncond = pad_to_same_length(model, cond, uncond)
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without install
 
 import pww_ldm  # noqa: E402
+from pww_ldm.allocator import tune_malloc  # noqa: E402
 from pww_ldm.images import image_grid, save_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "shift_object.png"))
     args = p.parse_args()
+    tune_malloc()  # as every entry point does
     model = pww_ldm.load_model(args.ckpt)
     prompt = "a red circle and a blue square on a white background"
     # a negative weight outside the circle's region keeps the seed's own circle from staying put

@@ -8,14 +8,13 @@ hash covers the contents of its files, not just their names.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..images import ImageSizeError, check_size
 from ..pipeline import resolve_size
@@ -26,6 +25,7 @@ from ..region import (
     WeightFunctionError,
     parse_color_context,
 )
+from ..user_errors import ImageFileError, read_image
 from .jobs import Issue, Job, JobFileError, parse_jobs
 
 CACHE_SIZE = 32  # decoded images kept while validating (jobs often share a map)
@@ -60,16 +60,9 @@ def _open_image(path: str | None, field: str,
     if cache is not None and path in cache:
         return cache[path]
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except FileNotFoundError:
-        raise InputFileError(field, f"file {path} does not exist") from None
-    except UnidentifiedImageError:
-        raise InputFileError(field, f"{path} is not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises all three on broken files
-        raise InputFileError(field, f"cannot read image {path}: {exc}") from None
+        image, data = read_image(path, "file")
+    except ImageFileError as exc:
+        raise InputFileError(field, str(exc)) from None
     result = (image, hashlib.sha256(data).hexdigest())
     if cache is not None:
         if len(cache) >= CACHE_SIZE:  # bounded: a file of 100k jobs with their own maps

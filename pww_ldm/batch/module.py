@@ -152,9 +152,9 @@ class BatchGenerator(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Per process: agree on a run id, clear stale temp files (rank 0), load the model."""
         from ..loading import load_model
+        from ..threads import set_threads
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        set_threads(self.threads)
         strategy = self.trainer.strategy
         self.run_id = strategy.broadcast(uuid.uuid4().hex if self.global_rank == 0 else None, src=0)
         if self.global_rank == 0:
