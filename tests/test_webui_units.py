@@ -183,3 +183,20 @@ def test_uploads_are_limited_in_pixels_and_must_be_images(tmp_path):
     text.write_text("not an image")
     with pytest.raises(handlers.UploadError, match="not an image"):
         handlers.upload_map(text, 64, 64)
+
+
+def test_server_options_warn_on_open_host_and_check_auth():
+    from pww_ldm.webui.server import ServerUsageError, check_host, parse_auth
+
+    with pytest.warns(UserWarning, match="--auth"):
+        check_host("0.0.0.0", None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_host("127.0.0.1", None)
+        check_host("0.0.0.0", ("u", "p"))
+    assert parse_auth("ann:s3:cret") == ("ann", "s3:cret")
+    for bad in ("ann", ":pw", "ann:"):
+        with pytest.raises(ServerUsageError, match="user:password"):
+            parse_auth(bad)

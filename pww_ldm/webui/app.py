@@ -71,7 +71,7 @@ def _settings_column(ui: UI) -> dict[str, Any]:
     c["negative_prompt"] = gr.Textbox("", lines=1, label="negative prompt")
     with gr.Row():
         c["sampler"] = gr.Dropdown(sampler_names("a1111"), value=s["sampler"], label="sampler")
-        c["steps"] = gr.Number(s["steps"], precision=0, minimum=1, label="steps")
+        c["steps"] = gr.Number(s["steps"], precision=0, minimum=1, label="steps", elem_id="pww-steps")
         c["cfg_scale"] = gr.Number(s["cfg_scale"], label="CFG scale")
     with gr.Row():
         c["seed"] = gr.Number(-1, precision=0, label="seed (-1 = random)", elem_id="pww-seed")

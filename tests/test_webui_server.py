@@ -1,0 +1,204 @@
+"""The web UI served for real on the demo model: API calls with gradio_client, then a headless
+Chromium (Debian's package, driven by playwright) that paints, labels and generates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from pww_ldm.webui import pngmeta, regions
+from pww_ldm.webui.server import DEMO_DIR, create_app
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "benchmarks" / "results" / "webui.png"
+DEMO_MAP = str(DEMO_DIR / "demo_map.png")
+PROMPT = "a red circle, a blue square and a yellow star with sky and ground"
+ROWS = [["#ffffff", 62.7, "", 1.0, -1, 0.0, 0.0, 0],
+        ["#dc1e1e", 13.5, "red circle", 1.0, -1, 0.0, 0.0, 0],
+        ["#1e3cdc", 12.4, "blue square", 1.0, -1, 0.0, 0.0, 0],
+        ["#f5d71e", 11.5, "yellow star", 1.0, -1, 0.0, 0.0, 0]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from pww_ldm.webui.app import launch_kwargs
+
+    outdir = tmp_path_factory.mktemp("webui-out")
+    app = create_app(outdir=outdir, device="cpu")
+    port = _free_port()
+    app.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
+                                                  prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    yield {"url": f"http://127.0.0.1:{port}/", "outdir": outdir}
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server["url"], verbose=False)
+
+
+def _generate(client: Client, rows=ROWS, prompt=PROMPT, **settings):
+    args = dict(model="pww-demo/model.safetensors", prompt=prompt, negative_prompt="",
+                editor={"background": handle_file(DEMO_MAP), "layers": [],
+                        "composite": handle_file(DEMO_MAP), "id": None},
+                rows={"headers": regions.HEADERS, "data": rows, "metadata": None},
+                sampler="Euler a", steps=4, cfg_scale=7.5, seed=7, width=64, height=64, batch_size=1,
+                weight_function="std", weight_scale=8.0, init_image=None, strength=0.6,
+                compare=True, keep_seed=True)
+    args.update(settings)
+    return args, client.submit(**args, api_name="/generate")
+
+
+def _samples(server) -> list[Path]:
+    return sorted((server["outdir"] / "samples").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_generate_returns_the_asked_size_differing_from_no_pww_and_reopens(server, client):
+    _, job = _generate(client, width=64, height=48, seed=7)
+    gallery, info, seed = job.result(timeout=120)
+    panel = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    assert panel.shape == (48, 3 * 64, 3)  # map | without PwW | with PwW
+    plain, pww = panel[:, 64:128].astype(int), panel[:, 128:].astype(int)
+    assert np.abs(plain - pww).mean() > 2.0
+    assert seed == 7 and "Seed: 7" in info and "Size: 64x48" in info
+    saved = _samples(server)[-1]
+    assert Image.open(saved).size == (64, 48)
+    meta = pngmeta.read_png(saved.read_bytes())
+    assert meta["settings"]["seed"] == 7 and [r["label"] for r in meta["regions"]] == [
+        "red circle", "blue square", "yellow star"]
+    reopened = client.predict(handle_file(str(saved)), api_name="/reopen")
+    assert reopened[0] == PROMPT and reopened[5] == 7 and (reopened[6], reopened[7]) == (64, 48)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings, message", [
+    (dict(width=100), "width and height must be positive multiples of 8"),
+    (dict(prompt="a red circle"), "label 'blue square'.*is not in the prompt"),
+    (dict(rows=[[*r[:2], "", *r[3:]] for r in ROWS]), "nothing to paint"),
+    (dict(rows=[[*ROWS[1][:3], "heavy", *ROWS[1][4:]]]), "row 1 \\(weight\\)"),
+    (dict(sampler="Euler b"), "Euler b"),
+    (dict(model="/etc/passwd"), "not in the list of choices"),  # no client-named paths
+])
+def test_bad_inputs_return_the_message_and_write_nothing(server, client, settings, message):
+    before = _samples(server)
+    _, job = _generate(client, **settings)
+    with pytest.raises(AppError, match=message):
+        job.result(timeout=120)
+    assert _samples(server) == before
+    gallery, _, _ = _generate(client)[1].result(timeout=120)  # the server still serves
+    assert gallery
+
+
+@pytest.mark.slow
+def test_reopen_rejects_a_png_without_settings(client, tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(AppError, match="no generation settings"):
+        client.predict(handle_file(str(plain)), api_name="/reopen")
+
+
+@pytest.mark.slow
+def test_two_concurrent_requests_complete_with_their_own_settings(client):
+    jobs = [_generate(client, seed=11, width=64, height=64, steps=3)[1],
+            _generate(client, seed=12, width=48, height=32, steps=5)[1]]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda j: j.result(timeout=180), jobs))
+    for (gallery, info, seed), (w, h, s, steps) in zip(results, [(64, 64, 11, 3), (48, 32, 12, 5)]):
+        assert seed == s and f"Seed: {s}," in info and f"Size: {w}x{h}" in info
+        assert f"Steps: {steps}," in info
+        assert Image.open(gallery[0]["image"]).size == (3 * w, h)
+
+
+@pytest.mark.slow
+def test_stop_interrupts_between_steps_and_writes_nothing(server, client):
+    before = _samples(server)
+    started = time.perf_counter()
+    _, job = _generate(client, steps=400, compare=False)
+    while job.status().code.name != "PROCESSING":
+        time.sleep(0.1)
+    time.sleep(1.0)
+    client.predict(api_name="/stop")  # the same client: the same session as the job
+    job.result(timeout=120)
+    elapsed = time.perf_counter() - started
+    _, full = _generate(client, steps=40, compare=False)
+    t0 = time.perf_counter()
+    full.result(timeout=120)
+    per_step = (time.perf_counter() - t0) / 40
+    assert elapsed < 400 * per_step / 2  # stopped well before its 400 steps
+    assert len(_samples(server)) == len(before) + 1  # only the 40-step run wrote an image
+
+
+def _paint_strokes(page) -> None:
+    editor = page.locator("#pww-editor")
+    box = editor.locator("canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for color, dy in (("rgb(220, 30, 30)", -70), ("rgb(30, 60, 220)", 70)):
+        editor.locator("button[aria-label='Color']").click()
+        editor.locator(f".swatch button.color[style*='{color}']").click()
+        page.keyboard.press("Escape")
+        page.mouse.move(cx - 90, cy + dy)
+        page.mouse.down()
+        page.mouse.move(cx + 90, cy + dy, steps=10)
+        page.mouse.up()
+
+
+def _type_labels(page) -> None:
+    table = page.locator("#pww-table")
+    for color, label in (("#dc1e1e", "red circle"), ("#1e3cdc", "blue square")):
+        table.locator("div[role=row]", has_text=color).locator("[data-col='2']").dblclick()
+        page.keyboard.type(label)
+        page.keyboard.press("Enter")
+
+
+@pytest.mark.slow
+def test_browser_paints_labels_generates_and_screenshots(server):
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(server["url"])
+        page.wait_for_selector("#pww-editor canvas", timeout=30000)
+        page.click("#pww-clear")
+        page.locator("#pww-legend li").nth(1).wait_for(state="detached", timeout=20000)
+        _paint_strokes(page)
+        legend = page.locator("#pww-legend")
+        for color in ("#dc1e1e", "#1e3cdc"):
+            legend.locator(f"li[data-color='{color}']").wait_for(timeout=30000)
+        page.fill("#pww-prompt textarea", "a red circle and a blue square")
+        page.fill("#pww-steps input", "10")
+        _type_labels(page)
+        for color, label in (("#dc1e1e", "red circle"), ("#1e3cdc", "blue square")):
+            legend.locator(f"li[data-color='{color}']", has_text=f"✓ {label}").wait_for(timeout=20000)
+        started = time.perf_counter()
+        page.click("#pww-generate")
+        page.locator("#pww-gallery img").first.wait_for(timeout=60000)
+        print(f"click to image: {time.perf_counter() - started:.1f} s")
+        table_text = page.locator("#pww-table").inner_text()
+        info = page.locator("#pww-info textarea").input_value()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    assert "#dc1e1e" in table_text and "#1e3cdc" in table_text
+    assert '"label": "red circle"' in info and '"label": "blue square"' in info and "Steps: 10," in info
