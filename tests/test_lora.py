@@ -149,28 +149,34 @@ def test_compvis_and_diffusers_spellings_hit_the_same_layer(tmp_path):
     assert torch.equal(merged[0], merged[1])
 
 
-@pytest.mark.parametrize("channel_mult, attention, res", [([1, 2], [1, 2], 1), ([1, 2, 2], [2], 2)])
-def test_unet_mapping_equals_diffusers_conversion(channel_mult, attention, res):
+@pytest.mark.parametrize("unet_params", [
+    {},  # the full SD v1 UNet (built on the meta device)
+    {"model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [1, 2], "num_res_blocks": 1},
+    {"model_channels": 32, "channel_mult": [1, 2, 2], "attention_resolutions": [2], "num_res_blocks": 2},
+])
+def test_unet_mapping_equals_diffusers_conversion(unet_params):
     # diffusers' own LDM -> diffusers conversion renames every weight; tag each weight with its
     # index and read back where it went.
     from diffusers.loaders import single_file_utils as sfu
     from omegaconf import OmegaConf
 
     from pww_ldm.config import instantiate_from_config
+    from pww_ldm.loading import default_v1_config
 
-    cfg = tiny_config()
-    unet_cfg = cfg.model.params.unet_config
-    unet_cfg.params.channel_mult, unet_cfg.params.attention_resolutions = channel_mult, attention
-    unet_cfg.params.num_res_blocks = res
-    unet = instantiate_from_config(unet_cfg)
-    ours = list(unet.state_dict().items())
-    tagged = {"model.diffusion_model." + k: torch.full(v.shape, float(i)) for i, (k, v) in enumerate(ours)}
+    cfg = default_v1_config()
+    cfg.model.params.unet_config.params.update(unet_params)
+    with torch.device("meta"):
+        unet = instantiate_from_config(cfg.model.params.unet_config)
+    ours = list(unet.state_dict())
+    tagged = {"model.diffusion_model." + k: torch.tensor([float(i)]) for i, k in enumerate(ours)}
     original = OmegaConf.to_container(cfg, resolve=True)
-    converted = sfu.convert_ldm_unet_checkpoint(
-        tagged, sfu.create_unet_diffusers_config_from_ldm(original, tagged))
-    theirs = {int(v.flatten()[0]): k for k, v in converted.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # image_size is deprecated; tags have no shape to read it from
+        config = sfu.create_unet_diffusers_config_from_ldm(original, tagged, image_size=64)
+    theirs = {int(v.item()): k for k, v in sfu.convert_ldm_unet_checkpoint(tagged, config).items()}
     table = unet_block_table(unet)
-    for i, (key, _) in enumerate(ours):
+    assert len(theirs) == len(ours)
+    for i, key in enumerate(ours):
         module, _, param = key.rpartition(".")
         assert f"{unet_diffusers_name(module, table)}.{param}" == theirs[i], key
 

@@ -99,6 +99,13 @@ def test_manager_follows_the_prompt_and_unmerges_exactly(lora_dir):
     assert torch.equal(weight, original) and active_loras(model) == []
 
 
+def test_a_batch_uses_the_first_prompts_loras_as_a1111(lora_dir):
+    model, folder = lora_dir
+    manager = LoraManager(model, folder)
+    texts = manager.apply_prompts(["a <lora:style:0.5>", "b <lora:detail>", "c"])
+    assert texts == ["a ", "b ", "c"] and [n for n, _, _ in manager.applied] == ["style"]
+
+
 def test_manager_checks_every_file_before_changing_weights(lora_dir):
     model, folder = lora_dir
     manager = LoraManager(model, folder)

@@ -53,6 +53,12 @@ class LoraManager:
         self.set(wanted)
         return text
 
+    def apply_prompts(self, prompts: Sequence[str]) -> list[str]:
+        """A batch, as A1111's `parse_prompts`: the first prompt's tags are merged for the whole
+        batch, and the tags are removed from every prompt. Returns the prompts without tags."""
+        texts = [extract_lora_tags(p)[0] for p in prompts[1:]]
+        return [self.apply_prompt(prompts[0]), *texts] if prompts else []
+
     def set(self, wanted: Sequence[tuple[str, str | Path, float]]) -> None:
         """Make [(name, file, weight)] exactly the merged set, in this order (no-op if it already is)."""
         wanted = [(name, Path(path), float(w)) for name, path, w in wanted]

@@ -44,6 +44,9 @@ class LoraHandle:
         self.lora = lora
         self.weight = float(weight)
         self.active = False
+        self._by_param: dict[str, list[LoraLayer]] = {}
+        for layer in lora.layers:
+            self._by_param.setdefault(layer.target.key, []).append(layer)
 
     @property
     def path(self) -> Path:
@@ -52,7 +55,7 @@ class LoraHandle:
 
     def layers_for(self, param: str) -> list[LoraLayer]:
         """This LoRA's layers updating the parameter `param` (usually one; q, k, v share one)."""
-        return [layer for layer in self.lora.layers if layer.target.key == param]
+        return self._by_param.get(param, [])
 
     def remove(self) -> None:
         """Unmerge this LoRA; weights no other LoRA touches get their original bits back.
