@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ from .images import check_size, from_pil, to_pil
 from .infotext import format_parameters, model_settings
 from .models.latent_diffusion import LatentDiffusion
 from .models.text_encoder import pad_to_same_length
-from .region import PaintWithWords, RegionContext
+from .region import PaintWithWords, RegionContext, parse_color_context
+from .region.features import FeatureOptions, build_features, feature_parameters, split_regions
 from .samplers.options import SamplingOptions
 from .samplers.run import sample_latents
 from .vae import decode_latents, encode_images
@@ -103,14 +105,18 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              n_images: int = 1, regions: RegionContext | None = None,
              plugins: Sequence[AttentionPlugin] = (), init_image: Image.Image | None = None,
              progress: bool = True, callback: Callable[[dict], None] | None = None,
-             extra_parameters: Mapping[str, Any] | None = None, **sampling: Any) -> list[Image.Image]:
+             extra_parameters: Mapping[str, Any] | None = None,
+             extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
+             **sampling: Any) -> list[Image.Image]:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
     steps=, guidance_scale=, eta=, strength=, sampler_options=). Image i uses seed + i (initial
     noise, ancestral noise, img2img encoding), so a batch equals single runs. regions: a
     RegionContext (inactive or None = plain Stable Diffusion); plugins: further attention
-    plug-ins. Returns width x height RGB PIL images with `info["parameters"]`.
+    plug-ins. extra_chunks: (cond (1, 77*r, C), uncond (1, 77*r, C)) appended to the token axis
+    of the conditioning (the per-region prompts; their plug-ins mask them). Returns width x
+    height RGB PIL images with `info["parameters"]`.
     """
     if options is None:
         options = sampling_options(sampling, img2img=init_image is not None)
@@ -124,6 +130,9 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     cond = model.get_learned_conditioning([prompt])
     guided = options.guidance_scale != 1.0
     uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
+    if extra_chunks is not None:  # appended after the prompt's chunks: the prompt's columns stay
+        cond = torch.cat([cond, extra_chunks[0].to(cond)], dim=1)
+        uncond = None if uncond is None else torch.cat([uncond, extra_chunks[1].to(uncond)], dim=1)
     if uncond is not None:  # A1111: the shorter side gets the empty prompt's chunks at its end
         cond, uncond = pad_to_same_length(model, cond, uncond)
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
@@ -168,25 +177,42 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
                      color_context: Any, weight_function: str | Callable = "max",
                      weight_scale: float | None = None, width: int | None = None,
                      height: int | None = None, init_image: Image.Image | None = None,
-                     resample: str = "area", strict: bool = True, **kwargs: Any) -> list[Image.Image]:
+                     resample: str = "area", strict: bool = True, return_attention: bool = False,
+                     features: FeatureOptions | None = None, **kwargs: Any) -> Any:
     """Paint-with-Words: the painted regions of `color_map_image` steer where their words go.
 
     color_context: {(r, g, b) or "#rrggbb": "label,weight[,seed[,blur]]"}, a list of region
     records, or a JSON/YAML file/string (see pww_ldm.region.parse). Size defaults to the map's
     size rounded down to a multiple of 8 (else 512x512). img2img when `init_image` is given.
     Sampling keywords (steps=30, guidance_scale=7.5, sampler="euler_a", seed=0, strength=0.5, ...)
-    and the others as `generate`. Returns n_images PIL images.
+    and the others as `generate`. features: the optional region features (FeatureOptions:
+    DenseDiffusion self-/cross-attention modulation, attention maps); regions with their own
+    "prompt" are handled whatever the options. Returns n_images PIL images; with
+    return_attention=True, (images, {label: (n_images, H/8, W/8) attention map}).
     """
     options = kwargs.pop("options", None) or sampling_options(kwargs, img2img=init_image is not None)
     width, height = resolve_size(width, height, color_map_image or init_image)
     check_size(width, height)
-    regions = RegionContext.build(prompt, color_map_image, color_context, width=width,
+    labelled, own = split_regions(parse_color_context(color_context), color_map_image, width,
+                                  height, strict)
+    regions = RegionContext.build(prompt, color_map_image, labelled, width=width,
                                   height=height, tokenizer=model.cond_stage_model.tokenizer,
                                   weight_function=weight_function, weight_scale=weight_scale,
                                   resample=resample, strict=strict)
     fn_name = weight_function if isinstance(weight_function, str) else "custom"
     extra = {"PwW weight function": fn_name, "PwW weight scale": weight_scale,
              "PwW regions": json.dumps(regions.describe())}
+    wanted = replace(features or FeatureOptions(), attention_maps=return_attention
+                     or bool(features and features.attention_maps))
+    steps = options.steps if init_image is None else max(1, int(options.strength * options.steps))
+    built = build_features(wanted, regions, own, n_steps=steps, latent_hw=(height // 8, width // 8),
+                           alphas_cumprod=model.alphas_cumprod, encode=model.get_learned_conditioning,
+                           tokenizer=model.cond_stage_model.tokenizer)
+    extra.update(feature_parameters(wanted, own))
     extra.update(kwargs.pop("extra_parameters", None) or {})
-    return generate(model, prompt, options, width=width, height=height, regions=regions,
-                    init_image=init_image, extra_parameters=extra, **kwargs)
+    kwargs["callback"] = built.callback(kwargs.pop("callback", None))
+    kwargs["plugins"] = [*kwargs.pop("plugins", ()), *built.plugins]
+    images = generate(model, prompt, options, width=width, height=height, regions=regions,
+                      init_image=init_image, extra_parameters=extra, extra_chunks=built.extra_chunks,
+                      **kwargs)
+    return (images, built.attention()) if return_attention else images

@@ -7,7 +7,9 @@ Two forms, both giving a list of `Region`:
   the LAST comma-separated fields that are numbers are the options, so labels may contain commas
   ("a cat, sleeping,1.5" -> label "a cat, sleeping", weight 1.5) and a bare label means weight 1;
 - a list of records ``{"color": "#rrggbb", "label": ..., "weight": 1.0, "seed": null, "blur": 0,
-  "occurrence": null, "outside": 0}``, the form for JSON / YAML files.
+  "occurrence": null, "outside": 0}``, the form for JSON / YAML files. A record may carry the
+  region's own text, ``"prompt": "a fluffy ginger cat, sleeping"`` (and ``"negative_prompt"``),
+  instead of or besides a label of the global prompt (see `region.region_prompts`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .errors import ColorContextSyntaxError
 Color = tuple[int, int, int]
 
 STRING_FORM = '"label,weight" or "label,weight,seed" or "label,weight,seed,blur_sigma"'
-RECORD_KEYS = ("color", "label", "weight", "seed", "blur", "occurrence", "outside")
+RECORD_KEYS = ("color", "label", "weight", "seed", "blur", "occurrence", "outside", "prompt",
+               "negative_prompt")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _RGB_TEXT = re.compile(r"\(?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\)?")
 
@@ -44,7 +47,9 @@ class Region:
     (negative keeps the thing out of the rest of the image; 0 = no effect).
     token_positions: filled by RegionContext, one tuple per image of 1-based
     positions in the 77-token sequence (BOS is 0). mask: filled by RegionContext, (H, W) float in
-    [0, 1] at image resolution, blur applied.
+    [0, 1] at image resolution, blur applied. prompt / negative_prompt: the region's own text
+    (None = none); a region with a prompt may have an empty label (it then paints no word of the
+    global prompt).
     """
 
     color: Color
@@ -56,6 +61,8 @@ class Region:
     outside: float = 0.0
     token_positions: tuple[tuple[int, ...], ...] = ()
     mask: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
 
 def parse_color(color: Any) -> Color:
@@ -145,11 +152,16 @@ def parse_region_record(record: Mapping[str, Any], index: int = 0) -> Region:
         raise ColorContextSyntaxError(
             f"{where}: unknown keys {unknown}; valid: {list(RECORD_KEYS)}"
         )
-    for key in ("color", "label"):
-        if key not in record:
-            raise ColorContextSyntaxError(f"{where}: missing {key!r} (records need color, label)")
-    label = record["label"]
-    if not isinstance(label, str) or not label.strip():
+    if "color" not in record:
+        raise ColorContextSyntaxError(f"{where}: missing 'color' (records need color, label)")
+    prompt, negative = _text(record, "prompt", where), _text(record, "negative_prompt", where)
+    if negative is not None and prompt is None:
+        raise ColorContextSyntaxError(f"{where}: a negative_prompt needs the region's own prompt")
+    if "label" not in record and prompt is None:
+        raise ColorContextSyntaxError(f"{where}: missing 'label' (records need color and a label "
+                                      "of the prompt, or their own 'prompt')")
+    label = record.get("label", "")
+    if not isinstance(label, str) or (not label.strip() and prompt is None):
         raise ColorContextSyntaxError(f"{where}: label must be a non-empty string, got {label!r}")
     occurrence = record.get("occurrence")
     if occurrence is not None and (
@@ -164,7 +176,19 @@ def parse_region_record(record: Mapping[str, Any], index: int = 0) -> Region:
         blur=_finite(record.get("blur") or 0.0, "blur", where, minimum=0.0),
         occurrence=occurrence,
         outside=_finite(record.get("outside") or 0.0, "outside", where),
+        prompt=prompt,
+        negative_prompt=negative,
     )
+
+
+def _text(record: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An optional non-empty text field of a record (None when absent or null)."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ColorContextSyntaxError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value.strip()
 
 
 def parse_color_context(context: Any) -> list[Region]:

@@ -1,0 +1,175 @@
+"""The optional region features of one generation, built into attention plug-ins.
+
+`build_features` turns the options of `paint_with_words` (attention maps, per-region prompts,
+DenseDiffusion self-/cross-attention modulation) into the plug-ins that follow Paint-with-Words,
+the region chunks to append to the conditioning, and the step clock the sampler callback drives.
+Everything is off by default, and then nothing is added: plain Paint-with-Words, bit for bit.
+The text encoder is reached through an `encode` callable, so this package still imports nothing
+of the network.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from .attention_maps import AttentionMaps, region_groups
+from .context import RegionContext
+from .errors import ColorMapError, ColorNotInMapError, RegionError
+from .masks import color_mask, gaussian_blur, to_rgb
+from .parse import Region, hex_color
+from .region_prompts import CHUNK, PromptRegion, RegionPrompts
+from .self_attention import DEFAULT_SIZEREG, DEFAULT_WINDOW, DenseCrossAttention, DenseSelfAttention
+from .timing import StepClock
+from .tokens import Tokenizer, label_positions
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """What to add to Paint-with-Words (all off by default).
+
+    attention_maps: observe and return per-label attention maps; attention_steps: (first, stop)
+    step range of the maps (None = all); per_token: also one map per label token.
+    self_attention / dense_cross: DenseDiffusion weights w^s (paper 0.3) / w^c (paper 1.0),
+    0 = off; sizereg and window: its size regularisation and step fraction (paper 1.0, 0.3).
+    """
+
+    attention_maps: bool = False
+    attention_steps: tuple[int, int] | None = None
+    per_token: bool = False
+    self_attention: float = 0.0
+    dense_cross: float = 0.0
+    sizereg: float = DEFAULT_SIZEREG
+    window: float = DEFAULT_WINDOW
+
+
+@dataclass
+class Features:
+    """Built features: plug-ins (after PwW), appended chunks (cond, uncond) or None, the clock."""
+
+    plugins: list[Any] = field(default_factory=list)
+    extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None
+    clock: StepClock | None = None
+    maps: AttentionMaps | None = None
+
+    def callback(self, user: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+        """The sampler callback: advances the clock, then calls the user's callback."""
+        if self.clock is None:
+            return user
+        clock = self.clock
+
+        def step_done(info: dict) -> None:
+            clock.advance(info)
+            if user is not None:
+                user(info)
+
+        return step_done
+
+    def attention(self) -> dict[str, torch.Tensor]:
+        """label -> (n, H/8, W/8) attention map (see AttentionMaps.maps)."""
+        if self.maps is None:
+            raise RegionError("attention maps were not asked for (return_attention=True)")
+        return self.maps.maps()
+
+
+def _prompt_chunks(prompt_regions: Sequence[Region], encode: Callable[[list[str]], torch.Tensor],
+                   tokenizer: Tokenizer) -> tuple[list[PromptRegion], list[PromptRegion], tuple]:
+    """Cond and uncond PromptRegions and the encoded chunks (cond (1, 77R, C), uncond likewise)."""
+    cond, uncond, cond_rows, uncond_rows = [], [], [], []
+    for r, region in enumerate(prompt_regions):
+        negative = region.negative_prompt or ""
+        pair = encode([region.prompt, negative])  # (2, 77k, C): one chunk count for both
+        if pair.shape[1] != CHUNK:
+            raise RegionError(f"region {region.color}: its prompt and negative prompt must fit one "
+                              f"chunk of 75 tokens; {region.prompt!r} / {negative!r} do not")
+        words = label_positions(region.prompt, region.prompt, tokenizer)
+        cond.append(PromptRegion(region.mask, r, words, region.weight))
+        uncond.append(PromptRegion(region.mask, r, (), 0.0, visible=bool(negative)))
+        cond_rows.append(pair[:1])
+        uncond_rows.append(pair[1:])
+    return cond, uncond, (torch.cat(cond_rows, 1), torch.cat(uncond_rows, 1))
+
+
+def build_features(options: FeatureOptions, regions: RegionContext, prompt_regions: Sequence[Region],
+                   *, n_steps: int, latent_hw: tuple[int, int], alphas_cumprod: torch.Tensor,
+                   encode: Callable[[list[str]], torch.Tensor], tokenizer: Tokenizer) -> Features:
+    """The plug-ins of `options` for these regions (label regions in `regions`, own-prompt
+    regions with their masks in `prompt_regions`). n_steps: sampling steps that will run."""
+    features = Features()
+    if not (options.attention_maps or prompt_regions or options.self_attention
+            or options.dense_cross):
+        return features
+    features.clock = StepClock(n_steps)
+    labelled = [r for r in regions.regions if r.mask is not None and r.token_positions]
+    if options.dense_cross:
+        features.plugins.append(DenseCrossAttention(
+            [r.mask for r in labelled], [r.token_positions[0] for r in labelled], features.clock,
+            alphas_cumprod, options.dense_cross, options.sizereg, options.window))
+    if prompt_regions:
+        cond, uncond, features.extra_chunks = _prompt_chunks(prompt_regions, encode, tokenizer)
+        size = (regions.height, regions.width)
+        fn = regions.weight_function
+        features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond"),
+                             RegionPrompts(uncond, len(cond), *size, None, "uncond")]
+    if options.self_attention:
+        masks = [r.mask for r in labelled] + [r.mask for r in prompt_regions]
+        features.plugins.append(DenseSelfAttention(masks, features.clock, alphas_cumprod,
+                                                   options.self_attention, options.sizereg,
+                                                   options.window))
+    if options.attention_maps:
+        groups = region_groups(regions.regions, options.per_token)
+        n = len(prompt_regions)
+        for r, region in enumerate(prompt_regions):
+            words = label_positions(region.prompt, region.prompt, tokenizer)
+            groups[f"prompt: {region.prompt}"] = tuple(j - CHUNK * (n - r) for j in words)
+        features.maps = AttentionMaps(groups, latent_hw, features.clock, options.attention_steps)
+        features.plugins.append(features.maps)
+    return features
+
+
+def split_regions(parsed: Sequence[Region], color_map: Any, width: int, height: int,
+                  strict: bool = True) -> tuple[list[Region], list[Region]]:
+    """(regions painting words of the prompt, regions with their own prompt, masks filled in).
+
+    A region with both a label and a prompt is in both lists. Own-prompt masks are cut from the
+    colour map as RegionContext cuts them (exact colour, then the region's blur); a colour not
+    in the map raises ColorNotInMapError (a warning when strict=False; the region is dropped).
+    """
+    labelled = [r for r in parsed if r.label]
+    own = [r for r in parsed if r.prompt]
+    if not own:
+        return labelled, []
+    if color_map is None:
+        raise ColorMapError("regions with their own prompt need a colour map")
+    rgb = to_rgb(color_map, (width, height))
+    out = []
+    for region in own:
+        mask = color_mask(rgb, region.color)
+        if not mask.any():
+            message = f"colour {hex_color(region.color)} of the region prompted {region.prompt!r} " \
+                      "is not in the colour map"
+            if strict:
+                raise ColorNotInMapError(message)
+            warnings.warn(message + "; the region is dropped", stacklevel=2)
+            continue
+        out.append(replace(region, mask=gaussian_blur(mask, region.blur)))
+    return labelled, out
+
+
+def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]) -> dict[str, Any]:
+    """The infotext entries of the features in use (none when all are off)."""
+    out: dict[str, Any] = {}
+    if prompt_regions:
+        out["PwW region prompts"] = json.dumps(
+            [{"color": "#{:02x}{:02x}{:02x}".format(*r.color), "prompt": r.prompt,
+              "negative_prompt": r.negative_prompt, "weight": r.weight} for r in prompt_regions])
+    if options.self_attention:
+        out["PwW self-attention"] = options.self_attention
+    if options.dense_cross:
+        out["PwW dense cross"] = options.dense_cross
+    return out

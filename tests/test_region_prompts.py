@@ -1,0 +1,111 @@
+"""Per-region prompts: the region chunk's tokens get their bias only inside their region and are
+suppressed (probability exactly 0) outside it; the region language carries prompt fields."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import tiny_model
+
+from pww_ldm.conditioning import AttentionCall
+from pww_ldm.pipeline import paint_with_words
+from pww_ldm.region import ColorContextSyntaxError, RegionError, parse_color_context
+from pww_ldm.region.region_prompts import PromptRegion, RegionPrompts
+from pww_ldm.region.weighting import get_weight_function
+
+
+def left_half():
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1  # grid (8, 8) cells of 8 px: columns 0-3 inside, 4-7 outside
+    return mask
+
+
+def test_region_words_biased_inside_and_suppressed_outside():
+    torch.manual_seed(0)
+    plugin = RegionPrompts([PromptRegion(left_half(), 0, (1, 2), weight=2.0)], 1, 64, 64,
+                           get_weight_function("max"), "cond")
+    scores = torch.randn(1, 2, 64, 154, dtype=torch.float64)
+    call = AttentionCall("cross", (8, 8), torch.tensor([2.0], dtype=torch.float64), slice(1, 2), 0.5)
+    out = plugin.modify_scores(scores, call)
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[:, :4] = True
+    inside = inside.reshape(-1)
+    bias = 0.1 * 2.0 * math.log(1 + 2.0) * float(scores.max())  # max: 0.1 * w * log(1+s) * max
+    torch.testing.assert_close(out[..., :77], scores[..., :77])  # the prompt's columns untouched
+    assert torch.isneginf(out[:, :, ~inside, 77:]).all()  # the whole chunk hidden outside
+    torch.testing.assert_close(out[:, :, inside, 78:80], scores[:, :, inside, 78:80] + bias)
+    torch.testing.assert_close(out[:, :, inside, 77], scores[:, :, inside, 77])  # BOS: no bias
+    torch.testing.assert_close(out[:, :, inside, 80:], scores[:, :, inside, 80:])
+    # outside, the softmax over all columns is the plain softmax over the prompt's columns
+    probs = (out * 0.5).softmax(-1)
+    plain = (scores[..., :77] * 0.5).softmax(-1)
+    torch.testing.assert_close(probs[:, :, ~inside, :77], plain[:, :, ~inside])
+
+
+def test_hidden_uncond_chunk_and_partial_cover():
+    mask = torch.zeros(64, 64)
+    mask[:, :4] = 1  # half of the first column of 8 px cells
+    hidden = RegionPrompts([PromptRegion(mask, 0, (), 0.0, visible=False)], 1, 64, 64, None,
+                           "uncond")
+    visible = RegionPrompts([PromptRegion(mask, 0, (), 0.0)], 1, 64, 64, None, "uncond")
+    scores = torch.randn(1, 1, 64, 154, dtype=torch.float64)
+    call = AttentionCall("cross", (8, 8), torch.tensor([1.0], dtype=torch.float64), slice(0, 1), 0.25)
+    assert torch.isneginf(hidden.modify_scores(scores, call)[..., 77:]).all()
+    out = visible.modify_scores(scores, call)
+    # coverage 1/2 in column 0: + log(1/2) / scale, i.e. probabilities halved before normalising
+    torch.testing.assert_close(out[0, 0, 0, 77:], scores[0, 0, 0, 77:] + math.log(0.5) / 0.25)
+    with pytest.raises(RegionError, match="cannot hold"):
+        visible.modify_scores(scores[..., :77], call)
+
+
+def test_record_fields_and_errors():
+    regions = parse_color_context([
+        {"color": "#ff0000", "prompt": "a fluffy ginger cat, sleeping", "weight": 1.0},
+        {"color": "#00ff00", "label": "dog", "prompt": "a small dog", "negative_prompt": "blurry"},
+        {"color": "#0000ff", "label": "tree"}])
+    assert [(r.label, r.prompt, r.negative_prompt) for r in regions] == [
+        ("", "a fluffy ginger cat, sleeping", None), ("dog", "a small dog", "blurry"),
+        ("tree", None, None)]
+    assert parse_color_context({"#ff0000": "cat,1.5"})[0].prompt is None  # reference form as is
+    with pytest.raises(ColorContextSyntaxError, match="needs the region's own prompt"):
+        parse_color_context([{"color": "#ff0000", "label": "cat", "negative_prompt": "x"}])
+    with pytest.raises(ColorContextSyntaxError, match="missing 'label'"):
+        parse_color_context([{"color": "#ff0000"}])
+    with pytest.raises(ColorContextSyntaxError, match="prompt must be a non-empty"):
+        parse_color_context([{"color": "#ff0000", "prompt": " "}])
+
+
+@pytest.mark.slow
+def test_pipeline_region_prompt_changes_only_what_it_should():
+    model = tiny_model(seed=4)
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[8:40, 8:40] = (255, 0, 0)
+    cmap = Image.fromarray(arr)
+    kw = dict(steps=2, seed=3, progress=False, width=64, height=64)
+    seen = []
+
+    class Widths:
+        acts_on = "cond"
+
+        def hooks(self, kind):
+            return (False, kind == "cross")
+
+        def modify_scores(self, scores, call):
+            return scores
+
+        def observe(self, probs, call):
+            seen.append(probs.shape[-1])
+
+    own = [{"color": "#ff0000", "prompt": "a red apple", "negative_prompt": "green"}]
+    images, maps = paint_with_words(model, "a still life", cmap, own, return_attention=True,
+                                    plugins=[Widths()], **kw)
+    plain = paint_with_words(model, "a still life", cmap, [], **kw)
+    assert set(seen) == {154}  # the prompt's chunk + the region's chunk
+    assert set(maps) == {"prompt: a red apple"} and maps["prompt: a red apple"].shape == (1, 8, 8)
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
+    assert "PwW region prompts" in images[0].info["parameters"]
+    with pytest.raises(RegionError, match="one chunk of 75 tokens"):
+        paint_with_words(model, "a still life", cmap,
+                         [{"color": "#ff0000", "prompt": "apple " * 80}], **kw)
