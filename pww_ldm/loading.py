@@ -25,6 +25,7 @@ from .checkpoint import (
     read_state_dict,
 )
 from .config import instantiate_from_config
+from .fast import enable_fast
 from .kernels import set_attention_kernel
 from .models.latent_diffusion import LatentDiffusion
 
@@ -187,7 +188,7 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
                dtype: torch.dtype | str | None = None, use_ema: bool = False,
                attention: str = "auto", vae_dtype: torch.dtype | str | None = None,
                channels_last: bool = False, compile: bool = False, vae: str | os.PathLike | None = None,
-               parameterization: str | None = None) -> LatentDiffusion:
+               parameterization: str | None = None, fast: bool = False) -> LatentDiffusion:
     """Load an SD v1 / SD 2.x checkpoint (eps, v, inpainting) into a LatentDiffusion in eval mode.
 
     path: .ckpt or .safetensors (Lightning checkpoints too). config: a path, an OmegaConf/dict
@@ -198,7 +199,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     vae: a VAE file (.vae.pt, .vae.safetensors, or a whole-model .ckpt whose first_stage_model
     is taken) replacing the checkpoint's. parameterization: "eps" or "v", overriding the
     config's and the inference (an inferred SD 2.x is v when the file has a `v_pred` key or
-    `looks_like_v_prediction` says so).
+    `looks_like_v_prediction` says so). fast: `pww_ldm.fast.enable_fast` (UNet and VAE decoder
+    compiled with inductor weight freezing; minutes of compiling at the first call of each size).
     The model's `checkpoint_path` is the file's absolute path and `vae_path` the VAE's (or None)
     (infotext.model_settings names them in PNG metadata); `family` says what was inferred.
     """
@@ -229,7 +231,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     # hash-named blob); infotext.short_hash follows the link to hash the content.
     model.checkpoint_path = Path(os.path.abspath(path))
     model.vae_path = None if vae is None else Path(os.path.abspath(vae))
-    return model
+    # last: looks_like_v_prediction runs the UNet, which must not compile for its probe input
+    return enable_fast(model) if fast else model
 
 
 def _build(cfg: Any, state_dict: dict[str, torch.Tensor], path: Path | str) -> LatentDiffusion:
