@@ -23,6 +23,7 @@ from .checkpoint import ArchitectureMismatchError
 from .conditioning import AttentionPlugin
 from .images import check_size, from_pil, to_pil
 from .infotext import format_parameters, model_settings
+from .masking import sampler_inputs
 from .models.latent_diffusion import LatentDiffusion
 from .models.text_encoder import pad_to_same_length
 from .region import PaintWithWords, RegionContext, parse_color_context
@@ -107,7 +108,7 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              progress: bool = True, callback: Callable[[dict], None] | None = None,
              extra_parameters: Mapping[str, Any] | None = None,
              extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
-             **sampling: Any) -> list[Image.Image]:
+             mask: torch.Tensor | None = None, **sampling: Any) -> list[Image.Image]:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
@@ -115,8 +116,10 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     noise, ancestral noise, img2img encoding), so a batch equals single runs. regions: a
     RegionContext (inactive or None = plain Stable Diffusion); plugins: further attention
     plug-ins. extra_chunks: (cond (1, 77*r, C), uncond (1, 77*r, C)) appended to the token axis
-    of the conditioning (the per-region prompts; their plug-ins mask them). Returns width x
-    height RGB PIL images with `info["parameters"]`.
+    of the conditioning (the per-region prompts; their plug-ins mask them). mask (1, 1, H, W) in
+    [0, 1], 1 = repaint, with init_image: inpainting (pww_ldm.masking.sampler_inputs; use
+    pww_ldm.inpaint for blur, crop and paste-back). Returns width x height RGB PIL images with
+    `info["parameters"]`.
     """
     if options is None:
         options = sampling_options(sampling, img2img=init_image is not None)
@@ -138,14 +141,15 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 
-    init_latent = None
+    init_latent = pixels = None
     if init_image is not None:
         pixels = from_pil(init_image, width, height).to(model.device).expand(n_images, -1, -1, -1)
         init_latent = encode_images(model, pixels, seeds)
     latents = sample_latents(
         model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
         init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
-        device=model.device, callback=callback, disable_progress=not progress)
+        device=model.device, callback=callback, disable_progress=not progress,
+        model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)))
     images = to_pil(decode_latents(model, latents))
 
     settings = _settings(model, options, width, height, init_image is not None, extra_parameters)
@@ -187,9 +191,19 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
     Sampling keywords (steps=30, guidance_scale=7.5, sampler="euler_a", seed=0, strength=0.5, ...)
     and the others as `generate`. features: the optional region features (FeatureOptions:
     DenseDiffusion self-/cross-attention modulation, attention maps); regions with their own
-    "prompt" are handled whatever the options. Returns n_images PIL images; with
+    "prompt" are handled whatever the options. mask_image= with init_image: inpainting (white =
+    repaint; blur, only-masked and the rest as pww_ldm.inpaint). Returns n_images PIL images; with
     return_attention=True, (images, {label: (n_images, H/8, W/8) attention map}).
     """
+    if kwargs.get("mask_image") is not None:
+        if return_attention:
+            raise ValueError("return_attention is not available with mask_image (inpainting)")
+        from .inpaint import inpaint  # inpaint builds on this function: a cycle at module level
+        return inpaint(model, prompt, init_image, kwargs.pop("mask_image"),
+                       color_map_image=color_map_image, color_context=color_context, width=width,
+                       height=height, weight_function=weight_function, weight_scale=weight_scale,
+                       resample=resample, strict=strict, features=features, **kwargs)
+    kwargs.pop("mask_image", None)
     options = kwargs.pop("options", None) or sampling_options(kwargs, img2img=init_image is not None)
     width, height = resolve_size(width, height, color_map_image or init_image)
     check_size(width, height)
