@@ -22,12 +22,14 @@ from PIL import Image
 
 from . import paths
 from .allocator import tune_malloc
+from .heatmaps import attention_report
 from .images import check_size, image_grid, save_png
 from .kernels import KERNELS
 from .models.embeddings import EmbeddingError, embedding_files, load_embeddings
 from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
 from .region import LabelNotInPromptError, RegionContext, load_color_context
+from .region.features import FeatureOptions
 from .samplers.registry import get_sampler, sampler_names
 from .threads import set_threads
 from .user_errors import USER_ERRORS, UsageError, open_image
@@ -114,6 +116,13 @@ def _add_region_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resample", choices=["area", "bilinear"], default="area",
                    help="mask resampling to attention grids (bilinear = the reference, exactly "
                         "at sizes that are multiples of 64)")
+    p.add_argument("--attention-maps", action="store_true",
+                   help="also write one attention heatmap PNG per label (outlined region) and a "
+                        "grid to <outdir>/attention/, and print each label's attention score")
+    p.add_argument("--self-attention", type=float, default=0.0,
+                   help="DenseDiffusion self-attention modulation weight (paper: 0.3; 0 = off)")
+    p.add_argument("--dense-cross", type=float, default=0.0,
+                   help="DenseDiffusion cross-attention modulation weight (paper: 1.0; 0 = off)")
     p.add_argument("--lenient", action="store_true",
                    help="a context colour missing from the map is a warning, not an error")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
@@ -224,7 +233,8 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
         with warnings.catch_warnings():  # --lenient's warnings come once, from the pipeline
             warnings.simplefilter("ignore")
             try:
-                RegionContext.build(args.prompt, color_map, regions, width=width, height=height,
+                labelled = [r for r in regions if r.label]  # own-prompt regions need no label
+                RegionContext.build(args.prompt, color_map, labelled, width=width, height=height,
                                     tokenizer=get_tokenizer(), weight_function=args.weight_function,
                                     weight_scale=args.weight_scale, resample=args.resample,
                                     strict=not args.lenient)
@@ -301,13 +311,18 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     written, all_images = [], []
     for it in range(args.n_iter):
         batch_seed = seed + it * args.n_samples
-        images = _generate(pww_ldm, model, args, inputs, batch_seed, common)
+        images, maps = _generate(pww_ldm, model, args, inputs, batch_seed, common)
         for image in images:
             written.append(save_png(image, sample_dir / f"{count:05}.png"))
             count += 1
+        if maps is not None:
+            files, lines = attention_report(images, maps, inputs.color_map, inputs.regions,
+                                            outdir / "attention", count - len(images))
+            written += files
+            print("\n".join(lines))
         all_images.extend(images)
         if args.compare and inputs.color_map is not None:
-            plain = _generate(pww_ldm, model, args, None, batch_seed, common)
+            plain, _ = _generate(pww_ldm, model, args, None, batch_seed, common)
             panels = [inputs.color_map.convert("RGB").resize(images[0].size, Image.NEAREST),
                       plain[0], images[0]]
             written.append(save_png(image_grid(panels), outdir / f"compare-{count - 1:05}.png",
@@ -323,14 +338,18 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
 
 
 def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs | None,
-              seed: int, common: dict[str, Any]) -> list[Image.Image]:
-    """One batch; plain Stable Diffusion when `inputs` has no colour map (or is None)."""
+              seed: int, common: dict[str, Any]) -> tuple[list[Image.Image], dict | None]:
+    """One batch and its attention maps (None unless --attention-maps); plain Stable Diffusion
+    when `inputs` has no colour map (or is None)."""
     if inputs is None or inputs.color_map is None:
-        return pww_ldm.generate(model, args.prompt, seed=seed, **common)
-    return pww_ldm.paint_with_words(
+        return pww_ldm.generate(model, args.prompt, seed=seed, **common), None
+    features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross)
+    out = pww_ldm.paint_with_words(
         model, args.prompt, inputs.color_map, inputs.regions, seed=seed,
         weight_function=args.weight_function, weight_scale=args.weight_scale,
-        resample=args.resample, strict=not args.lenient, **common)
+        resample=args.resample, strict=not args.lenient, features=features,
+        return_attention=args.attention_maps, **common)
+    return out if args.attention_maps else (out, None)
 
 
 def main(argv: list[str] | None = None, img2img: bool = False) -> int:
