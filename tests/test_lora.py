@@ -304,3 +304,20 @@ def test_sd2_text_lora_lands_in_openclip_rows(tmp_path):
             torch.testing.assert_close(x @ merged[64:].T, want_v, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(block.mlp.c_fc(x), want_fc, rtol=1e-5, atol=1e-6)
     _assert_bits(model, before)
+
+
+def test_bfloat16_model_merges_in_float32_and_restores_bits(tmp_path):
+    model, g = tiny_model(seed=4).to(torch.bfloat16), torch.Generator().manual_seed(6)
+    conv = model.model.diffusion_model.input_blocks[1][0].in_layers[2]
+    down, up = lora_pair(conv, 3, g)
+    key = "lora_unet_down_blocks_0_resnets_0_conv1"
+    path = write({f"{key}.lora_down.weight": down.half(), f"{key}.lora_up.weight": up.half(),
+                  f"{key}.alpha": torch.tensor(1.5)}, tmp_path / "half.safetensors")
+    before = _weights(model)
+    # by hand: sum over the rank of up[o, r] * down[r, i, y, x] in float32; one rounding to bf16
+    delta = (up.half().float().flatten(1)[:, :, None, None, None] * down.half().float()[None]).sum(1)
+    want = before["model.diffusion_model.input_blocks.1.0.in_layers.2.weight"].float() + 0.9 * 1.5 / 3 * delta
+    with apply_lora(model, path, 0.9):
+        assert conv.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(conv.weight.float(), want, rtol=2**-8, atol=1e-7)
+    _assert_bits(model, before)

@@ -61,9 +61,10 @@ class LoraManager:
 
     def set(self, wanted: Sequence[tuple[str, str | Path, float]]) -> None:
         """Make [(name, file, weight)] exactly the merged set, in this order (no-op if it already is)."""
-        wanted = [(name, Path(path), float(w)) for name, path, w in wanted]
-        for _, path, w in wanted:
+        for _, _, w in wanted:
             check_weight(w)
+        wanted = [(name, Path(path), float(w)) for name, path, w in wanted]
+        for _, path, _ in wanted:
             if not path.is_file():
                 raise LoraNotFoundError(f"LoRA file {path} does not exist; pass an existing file")
         keys = [(name, _stat(path), w) for name, path, w in wanted]

@@ -46,7 +46,7 @@ _PARTS = (
 # (start of a key segment, kind): LyCORIS and other network kinds A1111 knows, not low-rank LoRA.
 _UNSUPPORTED = (("hada_w", "LoHa"), ("lokr_w", "LoKr"), ("oft_", "OFT"), ("lora_mid", "LoCon CP/Tucker"),
                 ("dora_scale", "DoRA"), ("lora_magnitude_vector", "DoRA"), ("on_input", "IA3"),
-                ("w_norm", "norm"), ("b_norm", "norm"), ("diff", "full-weight diff"))  # fmt: skip
+                ("w_norm", "norm"), ("b_norm", "norm"))  # fmt: skip
 _UNET_ROOTS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.")
 
 
@@ -147,16 +147,24 @@ def _scale(module: str, parts: dict[str, torch.Tensor], configs: dict[str, dict]
     return float(alpha) / (rank**0.5 if config.get("use_rslora") else rank)
 
 
+def _unsupported_kind(key: str) -> str | None:
+    for segment in key.split(".")[1:]:  # the first segment is (part of) the module name
+        if segment in ("diff", "diff_b"):
+            return "full-weight diff"
+        for prefix, kind in _UNSUPPORTED:
+            if segment.startswith(prefix):
+                return kind
+    return None
+
+
 def _group(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict], list[str]]:
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     other: list[str] = []
     for key, value in tensors.items():
-        segments = key.split(".")[1:]  # the first segment is (part of) the module name
-        for marker, kind in _UNSUPPORTED:
-            if any(seg == marker or seg.startswith(marker) and marker != "diff" for seg in segments):
-                raise LoraFormatError(
-                    f"{path}: is a {kind} network (key {key}); only plain LoRA / LoCon "
-                    "(lora_down/lora_up, lora_A/lora_B) can be merged")
+        kind = _unsupported_kind(key)
+        if kind is not None:
+            raise LoraFormatError(f"{path}: is a {kind} network (key {key}); only plain LoRA / "
+                                  "LoCon (lora_down/lora_up, lora_A/lora_B) can be merged")
         found = _module_key(key)
         if found is None:
             other.append(key)
