@@ -71,6 +71,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (slow first image, faster steps after)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--vae", type=str, default=None,
+                   help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
+    p.add_argument("--v-pred", action="store_true",
+                   help="the checkpoint is v-prediction (SD 2.x 768-v) whatever its config says")
     p.add_argument("--clip-skip", type=_positive_int, default=None,
                    help="A1111's clip skip: 1 = the text encoder's last layer (default), 2 = the "
                         "penultimate layer then the final layer norm, ...")
@@ -297,7 +301,8 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     model = pww_ldm.load_model(args.ckpt, config=args.config, device=args.device,
                                dtype=_precision(args), use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
-                               compile=args.compile)
+                               compile=args.compile, vae=args.vae,
+                               parameterization="v" if args.v_pred else None)
     _prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))
     sample_dir = outdir / "samples"  # created by the first save_png, not before
@@ -307,6 +312,7 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
                   progress=not args.quiet, width=inputs.width, height=inputs.height)
     if img2img:
         common.update(init_image=inputs.init_image, strength=args.strength)
+        common.update(getattr(args, "inpaint", None) or {})  # mask_image and the rest (inpaint_cli)
     seed = resolve_seed(args.seed)
     written, all_images = [], []
     for it in range(args.n_iter):
@@ -342,7 +348,8 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs
     """One batch and its attention maps (None unless --attention-maps); plain Stable Diffusion
     when `inputs` has no colour map (or is None)."""
     if inputs is None or inputs.color_map is None:
-        return pww_ldm.generate(model, args.prompt, seed=seed, **common), None
+        plain = pww_ldm.inpaint if "mask_image" in common else pww_ldm.generate
+        return plain(model, args.prompt, seed=seed, **common), None
     features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross)
     out = pww_ldm.paint_with_words(
         model, args.prompt, inputs.color_map, inputs.regions, seed=seed,
