@@ -192,14 +192,17 @@ def _sdxl_like(g):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("sdxl_te", r"SDXL LoRA \(keys like lora_te1_"),
+    ("sdxl_te", r"SDXL LoRA \(keys like lora_te1_.*SD 1.x / 2.x LoRAs only"),
     ("sdxl_width", r"SDXL \(cross-attention width 2048\).*SD-like model \(cross-attention width 32\)"),
     ("nothing", r"none of its 1 layers names a layer"),
 ])
 def test_lora_for_another_model_is_refused(tmp_path, case, match):
     model, g = tiny_model(seed=4), torch.Generator().manual_seed(0)
     tensors = _sdxl_like(g)
-    if case == "sdxl_te":
+    if case == "sdxl_te":  # its UNet part fits this model's shapes: the lora_te1_ keys refuse it
+        fits = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+        tensors = {fits + ".lora_down.weight": torch.randn(4, 32),
+                   fits + ".lora_up.weight": torch.randn(32, 4)}
         key = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
         tensors[key + ".lora_down.weight"] = torch.randn(4, 768)
         tensors[key + ".lora_up.weight"] = torch.randn(768, 4)

@@ -22,19 +22,27 @@ def _down_width(tensors: Mapping[str, torch.Tensor], needles: tuple[str, ...]) -
     return None
 
 
+def foreign_family(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """"an SDXL LoRA (keys like ...)" / "a Flux / DiT LoRA (...)" when its keys say so, else None.
+
+    This engine runs SD 1.x / 2.x only, so such a file never fits, even where some of its block
+    names and shapes happen to equal ours (SDXL's 640-wide self-attention at input_blocks.4).
+    """
+    for markers, what in ((_SDXL_MARKERS, "an SDXL LoRA"), (_FLUX_MARKERS, "a Flux / DiT LoRA")):
+        hit = next((k for k in tensors if any(m in k for m in markers)), None)
+        if hit is not None:
+            return f"{what} (keys like {hit})"
+    return None
+
+
 def describe_lora(tensors: Mapping[str, torch.Tensor]) -> str:
     """A phrase naming the family a LoRA state_dict looks made for, with the evidence.
 
-    E.g. "an SDXL LoRA (keys like lora_te1_...)", "an SD 2.x LoRA (cross-attention width 1024)".
+    E.g. "an SDXL LoRA (keys like lora_te1_...)", "a LoRA for SD 2.x (cross-attention width 1024)".
     """
-    for marker in _SDXL_MARKERS:
-        hit = next((k for k in tensors if marker in k), None)
-        if hit is not None:
-            return f"an SDXL LoRA (keys like {hit})"
-    for marker in _FLUX_MARKERS:
-        hit = next((k for k in tensors if marker in k), None)
-        if hit is not None:
-            return f"a Flux / DiT LoRA (keys like {hit})"
+    foreign = foreign_family(tensors)
+    if foreign is not None:
+        return foreign
     width = _down_width(tensors, ("attn2_to_k", "attn2.to_k", "attn2_to_v", "attn2.to_v",
                                   "attn2.processor.to_k"))
     if width is not None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import SAFETENSORS_SUFFIXES, NotACheckpointError, read_state_dict
 from .errors import LoraFormatError, LoraMismatchError, LoraNotFoundError
-from .family import describe_lora, describe_model
+from .family import describe_lora, describe_model, foreign_family
 from .keys import Target, layer_aliases
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -203,6 +203,10 @@ def match_lora(model: nn.Module, path: str | Path) -> LoraFile:
     path = Path(path)
     tensors, metadata = read_lora_file(path)
     grouped, unmatched = _group(path, tensors)
+    foreign = foreign_family(tensors)
+    if foreign is not None:
+        raise LoraMismatchError(f"{path}: looks like {foreign}; {describe_model(model)} takes "
+                                "SD 1.x / 2.x LoRAs only")
     aliases, modules = layer_aliases(model), dict(model.named_modules())
     configs = _peft_scales(metadata)
     layers, wrong = [], []
