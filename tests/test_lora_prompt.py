@@ -54,11 +54,12 @@ def test_parse_lora_arg(arg, path, weight):
     assert parse_lora_arg(arg) == (Path(path), weight)
 
 
-def _lora_file(model, path, seed):
+def _lora_file(model, path, seed, output_name=None):
     conv = model.model.diffusion_model.out[2]
     down, up = lora_pair(conv, 2, torch.Generator().manual_seed(seed))
+    metadata = {"ss_output_name": output_name or path.stem} if path.suffix == ".safetensors" else None
     return write({"lora_unet_conv_out.lora_down.weight": down, "lora_unet_conv_out.lora_up.weight": up},
-                 path, metadata={"ss_output_name": path.stem} if path.suffix == ".safetensors" else None)
+                 path, metadata=metadata)
 
 
 @pytest.fixture
@@ -79,6 +80,13 @@ def test_unknown_name_lists_the_folder_and_its_loras(lora_dir):
         LoraManager(model, folder).apply_prompt("<lora:stlye:1>")
     with pytest.raises(LoraNotFoundError, match="folder .*missing does not exist.*--lora-dir"):
         resolve_lora("style", folder / "missing")
+
+
+def test_a1111_alias_from_the_kohya_metadata(lora_dir):
+    model, folder = lora_dir
+    _lora_file(model, folder / "ink_v3-000010.safetensors", 3, output_name="ink")
+    assert resolve_lora("ink", folder) == folder / "ink_v3-000010.safetensors"
+    assert resolve_lora("ink_v3-000010", folder) == folder / "ink_v3-000010.safetensors"
 
 
 def test_manager_follows_the_prompt_and_unmerges_exactly(lora_dir):

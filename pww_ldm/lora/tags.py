@@ -86,8 +86,25 @@ def list_loras(folder: str | Path = DEFAULT_LORA_DIR) -> dict[str, list[Path]]:
     return found
 
 
+def _output_name(path: Path) -> str | None:
+    # kohya's `ss_output_name` in the safetensors header: A1111's alias of a LoRA.
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("ss_output_name")
+    except (SafetensorError, OSError):
+        return None  # an unreadable file is reported when it is loaded, not while searching
+
+
 def resolve_lora(name: str, folder: str | Path = DEFAULT_LORA_DIR) -> Path:
-    """The file of `<lora:name>` in `folder`; LoraNotFoundError naming the folder and its LoRAs."""
+    """The file of `<lora:name>` in `folder`; LoraNotFoundError naming the folder and its LoRAs.
+
+    `name` is a file name without extension (case-insensitive when no exact match), else, as
+    A1111's alias, the `ss_output_name` a kohya .safetensors file carries in its metadata.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise LoraNotFoundError(
@@ -95,6 +112,8 @@ def resolve_lora(name: str, folder: str | Path = DEFAULT_LORA_DIR) -> Path:
             f"{name}.safetensors there, or pass --lora-dir")
     files = list_loras(folder)
     paths = files.get(name) or [p for n, ps in files.items() if n.lower() == name.lower() for p in ps]
+    if not paths:
+        paths = [p for ps in files.values() for p in ps if _output_name(p) == name]
     if not paths:
         names = ", ".join(sorted(files)) or "none"
         raise LoraNotFoundError(f"<lora:{name}>: no LoRA named {name!r} in {folder} (found: {names})")
