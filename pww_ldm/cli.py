@@ -60,8 +60,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         f"{paths.SD_CKPT})")
     p.add_argument("--config", type=str, default=None,
                    help="model config YAML (default: <ckpt>.yaml beside it, else SD v1)")
-    p.add_argument("--precision", choices=["autocast", "full", "fp32", "fp16", "bf16"],
-                   default="autocast", help="autocast = fp32 on CPU, fp16 on CUDA; full = fp32")
+    p.add_argument("--precision", choices=["autocast", "auto", "full", "fp32", "fp16", "bf16"],
+                   default="autocast", help="autocast = fp32 on CPU, fp16 on CUDA; full = fp32; "
+                                            "auto = bf16 on CPUs with native bf16, else autocast")
     p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core); on a CPU "
@@ -70,6 +71,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (slow first image, faster steps after)")
+    p.add_argument("--fast", action="store_true",
+                   help="UNet and VAE decoder compiled with weight freezing (pww_ldm.fast): minutes "
+                        "of compiling at the first image of each size")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--vae", type=str, default=None,
                    help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
@@ -288,6 +292,13 @@ def _prepare_text(model: Any, args: argparse.Namespace) -> None:
 
 
 def _precision(args: argparse.Namespace) -> str | None:
+    if args.precision == "auto":  # says what it picked: the choice depends on this machine
+        from .fast import auto_precision
+        from .loading import default_device
+
+        name, reason = auto_precision(args.device or default_device())
+        print(f"--precision auto: {reason}")
+        return name
     return {"autocast": None, "full": "fp32"}.get(args.precision, args.precision)
 
 
@@ -301,7 +312,7 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     model = pww_ldm.load_model(args.ckpt, config=args.config, device=args.device,
                                dtype=_precision(args), use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
-                               compile=args.compile, vae=args.vae,
+                               compile=args.compile, fast=args.fast, vae=args.vae,
                                parameterization="v" if args.v_pred else None)
     _prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))
