@@ -15,9 +15,10 @@ PROMPT = "a photo of a cat and a dog"
 KW = dict(steps=3, seed=5, progress=False, strength=0.9)
 
 
-@pytest.fixture(scope="module", params=["sd1", "sd1-inpainting"])
+@pytest.fixture(scope="module", params=["sd1", "sd1-inpainting", "sd2-inpainting"])
 def model(request):
-    return tiny_model(seed=11) if request.param == "sd1" else tiny_family_model("sd1-inpainting", 11)
+    """Each family inpaints: SD v1 by the keep blend alone, the 9-channel models with c_concat."""
+    return tiny_model(seed=11) if request.param == "sd1" else tiny_family_model(request.param, 11)
 
 
 def init_image(size=(64, 48)):
