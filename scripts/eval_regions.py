@@ -2,6 +2,7 @@
 
     python scripts/eval_regions.py                       # 24 held-out layouts, all conditions
     python scripts/eval_regions.py --n 4 --out /tmp/ev   # a quick look
+    python scripts/eval_regions.py --families all --n 50 --n-hard 10   # + the hard layout families
 
 Prints a markdown table; writes outputs/eval_regions/eval_regions.{md,json,png} (pass
 --out benchmarks/results to update the committed results).
@@ -30,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--sampler", default="euler_a")
-    p.add_argument("--examples", type=int, default=6, help="rows in the figure")
+    p.add_argument("--examples", type=int, default=6, help="rows in the figure (per family)")
+    p.add_argument("--families", nargs="*", default=["train"],
+                   help="layout families: train (like the training set), edges, small, large, "
+                        "same_shape, tight_row, or all")
+    p.add_argument("--n-hard", type=int, default=None,
+                   help="layouts per family other than train (default: --n)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--conditions", nargs="*", default=None,
                    help="names of the conditions to run (default: all), e.g. 'no PwW' 'max x0.8'")
@@ -45,12 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()
     import pww_ldm
     from pww_ldm.threads import set_threads
-    from pww_ldm.train.eval_regions import (
-        default_conditions,
-        evaluate,
-        markdown_table,
-        write_results,
-    )
+    from pww_ldm.train.eval_regions import default_conditions, evaluate, report, write_results
+    from pww_ldm.train.shapes import FAMILIES
 
     p = build_parser()
     args = p.parse_args(argv)
@@ -61,17 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown conditions {sorted(unknown)}; valid: {[c.name for c in conditions]}")
         conditions = [c for c in conditions if c.name in args.conditions]
+    families = tuple(FAMILIES) if "all" in args.families else tuple(args.families)
+    if set(families) - set(FAMILIES):
+        p.error(f"unknown families {sorted(set(families) - set(FAMILIES))}; valid: {FAMILIES} or all")
     model = pww_ldm.load_model(args.ckpt, device="cpu")
     t0 = time.time()
     conditions, rows = evaluate(model, n_layouts=args.n, seed=args.seed, steps=args.steps,
                                 guidance_scale=args.guidance_scale, sampler=args.sampler,
                                 conditions=conditions, n_examples=args.examples,
+                                families=families, n_hard=args.n_hard,
                                 log=lambda s: print(s, file=sys.stderr))
     settings = {"ckpt": Path(args.ckpt).name, "layouts": args.n, "seed": args.seed,
+                "families": list(families), "layouts_per_hard_family": args.n_hard or args.n,
                 "threads": args.threads,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                 "size": 128, "wall_s": round(time.time() - t0, 1)}
-    print(markdown_table(conditions))
+    print(report(conditions, settings))
     paths = write_results(conditions, rows, Path(args.out), settings)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

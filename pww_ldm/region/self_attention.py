@@ -56,8 +56,9 @@ def modulate(scores: torch.Tensor, together: torch.Tensor, strength: torch.Tenso
     (n, 1, N, 1) = w * treg * size_i. Returns the modulated scores, same shape."""
     high = scores.amax(dim=-1, keepdim=True)
     low = scores.amin(dim=-1, keepdim=True)
-    return torch.where(together, scores + strength * (high - scores),
-                       scores - strength * (scores - low))
+    # Both cases are one interpolation, S + s * (target - S) with target the row max (together)
+    # or min (apart): lerp does it in one pass over the (N, K) scores.
+    return torch.lerp(scores, torch.where(together, high, low), strength.expand_as(high))
 
 
 class _DenseModulation:

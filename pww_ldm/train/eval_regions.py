@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..pipeline import paint_with_words
@@ -132,64 +133,159 @@ def score_object(pred: np.ndarray, region: np.ndarray) -> dict[str, float]:
 
 
 def default_conditions() -> list[Condition]:
-    """No PwW; each built-in weight function over scales; and the strongest settings with a
-    negative weight outside each object's region."""
+    """No PwW; each built-in weight function over scales; the strongest settings with a negative
+    weight outside each object's region or the background painted; and the region features
+    (DenseDiffusion self-attention 0.3 and cross 1.0, per-region prompts) alone and combined."""
     conds = [Condition("no PwW")]
-    for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0)), ("log2_std", (2.0,))):
+    for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
+                       ("log2_std", (2.0,))):
         conds += [Condition(f"{fn} x{s:g}", fn, s) for s in scales]
     conds += [Condition("max x1.6, outside -1", "max", 1.6, -1.0),
               Condition("std x8, outside -1", "std", 8.0, -1.0),
               Condition("max x0.8, background 0.5", "max", 0.8, background=0.5),
               Condition("std x8, background 0.5", "std", 8.0, background=0.5)]
+    self_attn, cross = {"self_attention": 0.3}, {"dense_cross": 1.0}
+    conds += [Condition("std x8, self 0.3", "std", 8.0, features=self_attn),
+              Condition("std x8, own prompts", "std", 8.0, own_prompts=True),
+              Condition("std x8, own prompts, self 0.3", "std", 8.0, features=self_attn,
+                        own_prompts=True),
+              Condition("std x8, outside -1, self 0.3", "std", 8.0, -1.0, features=self_attn),
+              Condition("std x8, dense cross 1", "std", 8.0, features=cross),
+              Condition("dense cross 1 + self 0.3", features={**cross, **self_attn}),
+              Condition("std x8, dense cross 1 + self 0.3", "std", 8.0,
+                        features={**cross, **self_attn})]
     return conds
+
+
+def family_layout(family: str, i: int, seed: int, size: int) -> tuple[Layout, np.random.Generator]:
+    """Layout i of a family and its rng (which then draws the caption's order). "train" uses
+    np.random.default_rng([seed, i]) and 2 + i % 2 objects, the committed benchmark's layouts;
+    family k > 0 of FAMILIES uses default_rng([seed, 1000 * k + i])."""
+    k = FAMILIES.index(family)
+    rng = np.random.default_rng([seed, i] if k == 0 else [seed, 1000 * k + i])
+    n_objects = 2 + i % 2 if family in ("train", "edges", "small") else None
+    return sample_family(rng, family, size, n_objects), rng
+
+
+def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: int,
+              common: dict[str, Any]) -> tuple[Image.Image, dict[str, Any], float]:
+    """One image of a condition, its attention maps and its wall time (s). No PwW is painted
+    with weight 0: the same plain-SD image, with the maps observed."""
+    weight = 0.0 if cond.weight_function is None else 1.0
+    painted, context, _ = color_map(layout, size, cond.outside, cond.background, weight,
+                                    cond.own_prompts)
+    t0 = time.perf_counter()
+    images, maps = paint_with_words(model, prompt, painted, context,
+                                    weight_function=cond.weight_function or "max",
+                                    weight_scale=cond.weight_scale, return_attention=True,
+                                    features=FeatureOptions(**cond.features), **common)
+    return images[0], maps, time.perf_counter() - t0
 
 
 def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128, steps: int = 30,
              guidance_scale: float = 7.5, sampler: str = "euler_a",
              conditions: list[Condition] | None = None, n_examples: int = 6,
-             log: Any = print) -> tuple[list[Condition], list[list[Image.Image]]]:
+             log: Any = print, families: tuple[str, ...] = ("train",),
+             n_hard: int | None = None) -> tuple[list[Condition], list[list[Image.Image]]]:
     """Run the benchmark; returns the conditions with their scores and figure rows.
 
-    Layout i uses np.random.default_rng([seed, i]) and generation seed seed + i for every
-    condition. Figure rows: [target render, colour map, one output per condition].
+    n_layouts layouts of "train" (n_hard, default n_layouts, of each other family in `families`);
+    layout i uses generation seed seed + i for every condition. Figure rows: [target render,
+    colour map, one output per condition], the first n_examples of each family.
     """
     conditions = conditions or default_conditions()
     rows = []
     t0 = time.time()
-    for i in range(n_layouts):
-        rng = np.random.default_rng([seed, i])
-        layout = sample_layout(rng, size, n_objects=2 + i % 2, max_overlap=0.0)
-        prompt = caption(layout, rng)
-        cmap, _, masks = color_map(layout, size)
-        row = [Image.fromarray(render_layout(layout, size)[0]), cmap]
-        for cond in conditions:
+    for family in families:
+        count = n_layouts if family == "train" else (n_hard or n_layouts)
+        for i in range(count):
+            layout, rng = family_layout(family, i, seed, size)
+            prompt = caption(layout, rng)
+            cmap, _, masks = color_map(layout, size)
+            row = [Image.fromarray(render_layout(layout, size)[0]), cmap]
             common = dict(steps=steps, guidance_scale=guidance_scale, seed=seed + i,
                           sampler=sampler, width=size, height=size, progress=False)
-            if cond.weight_function is None:
-                image = txt2img(model, prompt, **common)[0]
-            else:
-                painted, context, _ = color_map(layout, size, cond.outside, cond.background)
-                image = paint_with_words(model, prompt, painted, context,
-                                         weight_function=cond.weight_function,
-                                         weight_scale=cond.weight_scale, **common)[0]
-            for obj, mask in zip(layout.objects, masks, strict=True):
-                cond.scores.append(score_object(segment(image, COLORS[obj.color]), mask))
-            row.append(image)
-        if i < n_examples:
-            rows.append(row)
-        log(f"layout {i + 1}/{n_layouts} ({time.time() - t0:.0f} s): {prompt}")
+            for cond in conditions:
+                image, maps, seconds = _generate(model, cond, layout, prompt, size, common)
+                for obj, mask in zip(layout.objects, masks, strict=True):
+                    pred = segment(image, COLORS[obj.color])
+                    attn = adherence(maps[obj.label][0], torch.from_numpy(mask))
+                    cond.scores.append({**score_object(pred, mask), "family": family, "layout": i,
+                                        "duplicates": float(duplicates(pred, mask) > 0),
+                                        "attn_iou": attn["iou"], "attn_mass": attn["mass_inside"],
+                                        "seconds": seconds})
+                row.append(image)
+            if i < n_examples:
+                rows.append(row)
+            log(f"{family} {i + 1}/{count} ({time.time() - t0:.0f} s): {prompt}")
     return conditions, rows
 
 
-def markdown_table(conditions: list[Condition]) -> str:
-    """A markdown table: one row per condition, mean scores over all objects."""
-    lines = ["| condition | mean IoU | centre in box | centre in region | inside fraction | recall |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def correlation(conditions: list[Condition], families: tuple[str, ...] | None = None
+                ) -> dict[str, float]:
+    """Pearson r of the attention IoU with the segmentation IoU, pooled over the conditions:
+    per object, and per layout (each layout's means over its objects)."""
+    rows = [s for c in conditions for s in c.scores if families is None or s["family"] in families]
+    by_layout: dict[tuple, list[dict]] = {}
+    for k, c in enumerate(conditions):
+        for s in c.scores:
+            if families is None or s["family"] in families:
+                by_layout.setdefault((k, s["family"], s["layout"]), []).append(s)
+    means = [(np.mean([s["attn_iou"] for s in v]), np.mean([s["iou"] for s in v]))
+             for v in by_layout.values()]
+    if len(rows) < 2 or len(means) < 2:
+        return {"per_object": float("nan"), "per_layout": float("nan"), "n_objects": len(rows)}
+    return {"per_object": pearson([s["attn_iou"] for s in rows], [s["iou"] for s in rows]),
+            "per_layout": pearson([m[0] for m in means], [m[1] for m in means]),
+            "n_objects": len(rows), "n_layouts": len(means)}
+
+
+COLUMNS = (("iou", "mean IoU"), ("centre_in_box", "centre in box"),
+           ("centre_inside", "centre in region"), ("inside_fraction", "inside fraction"),
+           ("recall", "recall"), ("duplicates", "duplicates"), ("attn_iou", "attn IoU"),
+           ("attn_mass", "attn mass in"), ("seconds", "s / image"))
+
+
+def markdown_table(conditions: list[Condition], families: tuple[str, ...] | None = None) -> str:
+    """A markdown table: one row per condition, mean scores over the objects of `families`."""
+    lines = ["| condition | " + " | ".join(name for _, name in COLUMNS) + " |",
+             "| --- |" + " --- |" * len(COLUMNS)]
     for c in conditions:
-        s = c.summary()
-        lines.append(f"| {c.name} | {s['iou']:.3f} | {s['centre_in_box']:.3f} | "
-                     f"{s['centre_inside']:.3f} | {s['inside_fraction']:.3f} | {s['recall']:.3f} |")
+        s = c.summary(families)
+        if s:
+            lines.append(f"| {c.name} | " + " | ".join(f"{s[k]:.3f}" if k != "seconds"
+                                                        else f"{s[k]:.2f}" for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def family_table(conditions: list[Condition]) -> str:
+    """Mean IoU per condition (rows) and layout family (columns)."""
+    present = [f for f in FAMILIES if any(s["family"] == f for c in conditions for s in c.scores)]
+    lines = ["| condition | " + " | ".join(present) + " | all |", "| --- |" + " --- |" * (len(present) + 1)]
+    for c in conditions:
+        cells = [f"{c.summary((f,)).get('iou', float('nan')):.3f}" for f in present]
+        lines.append(f"| {c.name} | " + " | ".join(cells) + f" | {c.summary().get('iou', 0):.3f} |")
+    return "\n".join(lines)
+
+
+def report(conditions: list[Condition], settings: dict[str, Any]) -> str:
+    """The markdown report: training-like and hard-family tables, IoU per family, correlation."""
+    hard = tuple(f for f in FAMILIES if f != "train")
+    corr = correlation(conditions)
+    return (f"# Paint-with-Words region benchmark (demo model)\n\nSettings: `{json.dumps(settings)}`\n\n"
+            f"## Training-like layouts\n\n{markdown_table(conditions, ('train',))}\n\n"
+            f"## Hard families ({', '.join(hard)})\n\n{markdown_table(conditions, hard)}\n\n"
+            f"## Mean IoU per family\n\n{family_table(conditions)}\n\n"
+            f"Attention IoU vs segmentation IoU, Pearson r: {corr['per_object']:.3f} per object, "
+            f"{corr['per_layout']:.3f} per layout (pooled over conditions and families).\n\n"
+            "Per object: IoU of the pixels of the object's colour with its painted region; centre "
+            "in box / in region = the centroid of those pixels lies in the bounding box of the "
+            "painted region / in the painted silhouette itself (a ring's centroid is in its hole); "
+            "inside fraction = share of those pixels inside the region; recall = the object was "
+            "drawn; duplicates = share of objects with a blob of their colour (>= 40 px, <= 10 % "
+            "inside) outside their region; attn IoU / attn mass in = the attention score "
+            "(pww_ldm.region.adherence, threshold 0.4 of the map's maximum); s / image = wall "
+            "time of one generation (attention maps observed in every condition).\n")
 
 
 def figure(rows: list[list[Image.Image]], names: list[str], size: int = 128) -> Image.Image:
@@ -211,17 +307,13 @@ def write_results(conditions: list[Condition], rows: list[list[Image.Image]], ou
                   settings: dict[str, Any], stem: str = "eval_regions") -> dict[str, Path]:
     """Write <stem>.md, <stem>.json and <stem>.png under out_dir (temporary name, then rename)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(conditions)
-    md = (f"# Paint-with-Words region benchmark (demo model)\n\n"
-          f"Settings: `{json.dumps(settings)}`\n\n{table}\n\n"
-          "Per object, over all held-out layouts: IoU of the pixels of the object's colour with its "
-          "painted region; centre in box / in region = the centroid of those pixels lies in the "
-          "bounding box of the painted region / in the painted silhouette itself (a ring's "
-          "centroid is in its hole); inside fraction = share of those pixels inside the region; "
-          "recall = the object was drawn.\n")
-    data = {"settings": settings,
+    md = report(conditions, settings)
+    data = {"settings": settings, "correlation": correlation(conditions),
             "conditions": [{**{k: v for k, v in asdict(c).items() if k != "scores"},
-                            "summary": c.summary(), "per_object": c.scores} for c in conditions]}
+                            "summary": c.summary(),
+                            "summary_by_family": {f: c.summary((f,)) for f in FAMILIES
+                                                  if any(s["family"] == f for s in c.scores)},
+                            "per_object": c.scores} for c in conditions]}
     paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json",
              "png": out_dir / f"{stem}.png"}
     writers = {"md": lambda p: p.write_text(md), "json": lambda p: p.write_text(json.dumps(data, indent=1)),

@@ -165,6 +165,80 @@ def sample_layout(rng: np.random.Generator, size: int = 128, n_objects: int | No
     return Layout(tuple(objects), background, float(rng.uniform(0.45, 0.75)))
 
 
+# Benchmark layout families: "train" is the training distribution (2-3 objects, half-sizes
+# 0.11-0.24 of the image); the others are unlike it, where Paint-with-Words is seen to fail.
+FAMILIES = ("train", "edges", "small", "large", "same_shape", "tight_row")
+
+
+def _box(cx: float, cy: float, s: float) -> tuple[float, float, float, float]:
+    return (float(cx - s), float(cy - s), float(cx + s), float(cy + s))
+
+
+def _edge_centre(rng: np.random.Generator, size: int, s: float) -> tuple[float, float]:
+    """A centre putting a half-size-s box against an edge (half the time into a corner)."""
+    lo, hi = s + 1, size - s - 1
+    cx, cy = rng.uniform(lo, hi, size=2)
+    if rng.random() < 0.5:  # corner
+        return (lo if rng.random() < 0.5 else hi), (lo if rng.random() < 0.5 else hi)
+    if rng.random() < 0.5:
+        return (lo if rng.random() < 0.5 else hi), cy
+    return cx, (lo if rng.random() < 0.5 else hi)
+
+
+def _place(rng: np.random.Generator, size: int, halves: list[float], edge: bool
+           ) -> list[tuple[float, float, float, float]]:
+    """Non-overlapping boxes of these half-sizes (an object that finds no room is left out)."""
+    boxes: list[tuple[float, float, float, float]] = []
+    for s in halves:
+        for _ in range(50):
+            cx, cy = _edge_centre(rng, size, s) if edge else rng.uniform(s + 1, size - s - 1, 2)
+            box = _box(cx, cy, s)
+            if all(_overlap(box, b) <= 0.0 for b in boxes):
+                boxes.append(box)
+                break
+    return boxes
+
+
+def _tight_row(rng: np.random.Generator, size: int) -> list[tuple[float, float, float, float]]:
+    """Three equal boxes side by side, 2-4 px apart, in a horizontal row at a random height."""
+    s = rng.uniform(0.12, 0.15) * size
+    gap = rng.uniform(2, 4)
+    width = 6 * s + 2 * gap
+    x0 = rng.uniform(1, size - width - 1)
+    cy = rng.uniform(s + 1, size - s - 1)
+    return [_box(x0 + s + k * (2 * s + gap), cy, s) for k in range(3)]
+
+
+def sample_family(rng: np.random.Generator, family: str, size: int = 128,
+                  n_objects: int | None = None) -> Layout:
+    """A held-out layout of a benchmark family (see FAMILIES).
+
+    train: as `sample_layout` with 2-3 objects, no overlap. edges: 2-3 objects against edges
+    and corners. small: 2-3 objects of half-size 0.05-0.09 (below training's 0.11). large: one
+    object of half-size 0.28-0.40 (above training's 0.24) and one of training size if it fits.
+    same_shape: two objects of one shape in two colours. tight_row: three objects in a row,
+    2-4 px apart. n_objects: the count for train, edges and small (default: 2 or 3 at random).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown layout family {family!r}; one of {FAMILIES}")
+    n = 2 + int(rng.integers(0, 2)) if n_objects is None else n_objects
+    if family == "train":
+        return sample_layout(rng, size, n_objects=n, max_overlap=0.0)
+    if family == "tight_row":
+        boxes = _tight_row(rng, size)
+    else:
+        halves = {"edges": rng.uniform(0.11, 0.2, n), "small": rng.uniform(0.05, 0.09, n),
+                  "large": [rng.uniform(0.28, 0.40), rng.uniform(0.11, 0.16)],
+                  "same_shape": rng.uniform(0.11, 0.22, 2)}[family]
+        boxes = _place(rng, size, [float(h) * size for h in halves], family == "edges")
+    colors = rng.choice(list(COLORS), size=len(boxes), replace=False)
+    shapes = ([str(rng.choice(SHAPES))] * len(boxes) if family == "same_shape"
+              else [str(rng.choice(SHAPES)) for _ in boxes])
+    objects = tuple(ShapeObject(shape, str(color), box)
+                    for shape, color, box in zip(shapes, colors, boxes, strict=True))
+    return Layout(objects, str(rng.choice(list(BACKGROUNDS))), float(rng.uniform(0.45, 0.75)))
+
+
 def _article(label: str) -> str:
     return ("an " if label[0] in "aeiou" else "a ") + label
 
