@@ -134,17 +134,18 @@ class PartWriter:
 class BatchGenerator(pl.LightningModule):
     """Wraps the pipeline for `Trainer.predict`: one model per process, one job per step.
 
-    jobs: validated jobs. ckpt/config/dtype/use_ema/attention: as `load_model`. threads: torch
+    jobs: validated jobs. ckpt/config/dtype/use_ema/attention/fast: as `load_model`. threads: torch
     CPU threads per process (None = Lightning's choice). After predict, `summary` holds the merged
     result on global rank 0 (None elsewhere).
     """
 
     def __init__(self, jobs: list[Job], ckpt: str, outdir: str | os.PathLike, config: str | None = None,
                  dtype: str | None = None, use_ema: bool = False, attention: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fast: bool = False) -> None:
         super().__init__()
         self.jobs, self.ckpt, self.outdir = jobs, ckpt, Path(outdir)
-        self.load_options = dict(config=config, dtype=dtype, use_ema=use_ema, attention=attention)
+        self.load_options = dict(config=config, dtype=dtype, use_ema=use_ema, attention=attention,
+                                 fast=fast)
         self.threads = threads
         self.model_key = model_id(ckpt, dtype)
         self.summary: Summary | None = None

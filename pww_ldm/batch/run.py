@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Lightning strategy (auto = ddp when more than one process)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="weights dtype: auto (= autocast) is fp32 on CPU, fp16 on CUDA; full = fp32")
+    p.add_argument("--fast", action="store_true",
+                   help="UNet and VAE decoder compiled with weight freezing (pww_ldm.fast): minutes "
+                        "of compiling per process at the first image of each size")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: cores / processes). On CPU, "
                         "images are byte-identical across process counts only at the same "
@@ -78,7 +81,7 @@ def _strategy(name: str, devices: int | str, num_nodes: int, timeout_hours: floa
 def run_batch(jobs: list[Job], ckpt: str, outdir: str | Path, *, accelerator: str = "auto",
               devices: int | str = 1, num_nodes: int = 1, strategy: str = "auto",
               config: str | None = None, precision: str | None = None, threads: int | None = None,
-              progress: bool = True, timeout_hours: float = 48.0) -> Summary | None:
+              progress: bool = True, timeout_hours: float = 48.0, fast: bool = False) -> Summary | None:
     """Generate validated `jobs` into `outdir` with Trainer.predict; resume what exists.
 
     Returns the merged Summary on global rank 0, None on the other ranks.
@@ -88,7 +91,8 @@ def run_batch(jobs: list[Job], ckpt: str, outdir: str | Path, *, accelerator: st
     from .module import BatchGenerator
 
     Path(outdir).mkdir(parents=True, exist_ok=True)
-    module = BatchGenerator(jobs, ckpt, outdir, config=config, dtype=precision, threads=threads)
+    module = BatchGenerator(jobs, ckpt, outdir, config=config, dtype=precision, threads=threads,
+                            fast=fast)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=_strategy(strategy, devices, num_nodes, timeout_hours),
                          logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                             devices=args.devices, num_nodes=args.num_nodes,
                             strategy=args.strategy, config=args.config,
                             precision=PRECISIONS[args.precision], threads=args.threads,
-                            progress=not args.quiet, timeout_hours=args.timeout_hours)
+                            progress=not args.quiet, timeout_hours=args.timeout_hours,
+                            fast=args.fast)
     except (JobFileError, OutdirBusyError, *USER_ERRORS) as exc:
         rank = rank_zero_only.rank
         print(f"error{f' (rank {rank})' if rank else ''}: {exc}", file=sys.stderr)
