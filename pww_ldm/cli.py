@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from PIL import Image
 from . import paths
 from .allocator import tune_malloc
 from .heatmaps import attention_report
+from .hires import add_hires_flags, hires_fix, hires_options
 from .images import check_size, image_grid, save_png
 from .kernels import KERNELS
 from .models.embeddings import EmbeddingError, embedding_files, load_embeddings
@@ -151,6 +153,8 @@ def build_parser(img2img: bool) -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     _add_model_flags(p)
     _add_region_flags(p)
+    if not img2img:
+        add_hires_flags(p)
     if img2img:
         p.add_argument("--init-img", "--init_img", dest="init_img", required=True,
                        help="the initial image")
@@ -229,6 +233,7 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
     another tokenizer still gets its labels checked (after the load).
     """
     _check_numbers(args, img2img)
+    hires_options(args)  # --hr-* checked before the model loads
     embeddings = _embedding_names(args)
     init = open_image(args.init_img, "init image") if img2img else None
     use_map = not args.no_pww and args.color_map is not None
@@ -358,12 +363,14 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs
               seed: int, common: dict[str, Any]) -> tuple[list[Image.Image], dict | None]:
     """One batch and its attention maps (None unless --attention-maps); plain Stable Diffusion
     when `inputs` has no colour map (or is None)."""
+    hires = hires_options(args)
     if inputs is None or inputs.color_map is None:
-        plain = pww_ldm.inpaint if "mask_image" in common else pww_ldm.generate
-        return plain(model, args.prompt, seed=seed, **common), None
+        plain = pww_ldm.inpaint if "mask_image" in common else hires_fix if hires else pww_ldm.generate
+        return plain(model, args.prompt, seed=seed, **hires, **common), None
     features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross)
-    out = pww_ldm.paint_with_words(
-        model, args.prompt, inputs.color_map, inputs.regions, seed=seed,
+    pww = partial(hires_fix, **hires) if hires else pww_ldm.paint_with_words
+    out = pww(
+        model, args.prompt, color_map_image=inputs.color_map, color_context=inputs.regions, seed=seed,
         weight_function=args.weight_function, weight_scale=args.weight_scale,
         resample=args.resample, strict=not args.lenient, features=features,
         return_attention=args.attention_maps, **common)

@@ -12,6 +12,7 @@ to the new size. The PNG text is A1111's: `Size` the base size, `Hires upscale`,
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from .models.latent_diffusion import LatentDiffusion
 from .pipeline import generate, paint_with_words, resolve_seed, resolve_size, sampling_options
+from .user_errors import UsageError
 
 UPSCALERS = {"latent": "Latent", "latent-nearest": "Latent (nearest-exact)", "lanczos": "Lanczos"}
 
@@ -80,3 +82,33 @@ def hires_fix(model: LatentDiffusion, prompt: str, *, hr_scale: float = 2.0,
     latents = run(first, (width, height), return_latents=True)
     init = upscale_latents(latents, (target[1] // 8, target[0] // 8), hr_upscaler)
     return run(second, target, init_latent=init, extra_parameters=extra)
+
+
+def add_hires_flags(p: argparse.ArgumentParser) -> None:
+    """The txt2img script's hires-fix flags (A1111's names and defaults)."""
+    p.add_argument("--hr-scale", type=float, default=None,
+                   help="hires fix: generate at --W x --H, upscale by this factor, then img2img "
+                        "at the larger size (A1111's Hires. fix; default off)")
+    p.add_argument("--hr-denoise", type=float, default=0.5,
+                   help="denoising strength of the hires pass, in (0, 1] (default 0.5)")
+    p.add_argument("--hr-upscaler", choices=list(UPSCALERS), default="latent",
+                   help="latent (bilinear), latent-nearest (nearest-exact) or lanczos (image)")
+    p.add_argument("--hr-steps", type=int, default=None,
+                   help="steps of the hires pass (default: --steps)")
+
+
+def hires_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The hires_fix keywords of parsed flags ({} without --hr-scale), checked: UsageError."""
+    scale = getattr(args, "hr_scale", None)
+    if scale is None:
+        return {}
+    if not scale > 1.0:
+        raise UsageError(f"--hr-scale must be above 1, got {scale}")
+    if not 0.0 < args.hr_denoise <= 1.0:
+        raise UsageError(f"--hr-denoise must be in (0, 1], got {args.hr_denoise}")
+    if args.hr_steps is not None and args.hr_steps < 1:
+        raise UsageError(f"--hr-steps must be >= 1, got {args.hr_steps}")
+    if getattr(args, "attention_maps", False):
+        raise UsageError("--attention-maps is not available with --hr-scale")
+    return dict(hr_scale=scale, hr_denoise=args.hr_denoise, hr_upscaler=args.hr_upscaler,
+                hr_steps=args.hr_steps)

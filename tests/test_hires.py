@@ -76,3 +76,21 @@ def test_upscalers_by_hand_and_bad_arguments(model):
         hires_fix(model, PROMPT, hr_upscaler="esrgan", **KW)
     with pytest.raises(ValueError, match="above 1"):
         hires_fix(model, PROMPT, hr_scale=1.0, **KW)
+
+
+def test_txt2img_script_hires_flags(tmp_path, capsys):
+    from tiny import save_config, tiny_config, write_checkpoint
+
+    from pww_ldm import cli
+
+    write_checkpoint(tiny_model(seed=11), tmp_path / "tiny.ckpt")
+    save_config(tiny_config(), tmp_path / "tiny.yaml")
+    color_map().save(tmp_path / "map.png")
+    argv = ["--ckpt", tmp_path / "tiny.ckpt", "--prompt", PROMPT, "--steps", 2, "--quiet",
+            "--W", 32, "--H", 24, "--hr-scale", 2, "--hr-upscaler", "lanczos", "--outdir", tmp_path / "o",
+            "--color-map", tmp_path / "map.png", "--color-context", '{"#ff0000": "cat,1"}', "--no-compare"]
+    assert cli.main(list(map(str, argv))) == 0
+    out = Image.open(tmp_path / "o" / "samples" / "00000.png")
+    assert out.size == (64, 48) and "Hires upscaler: Lanczos" in out.info["parameters"]
+    assert cli.main(list(map(str, [*argv[:-1], "--hr-denoise", 0]))) == 2
+    assert "--hr-denoise must be in (0, 1]" in capsys.readouterr().err
