@@ -23,11 +23,11 @@ from PIL import Image
 
 from . import paths
 from .allocator import tune_malloc
+from .cli_text import add_text_flags, check_text, positive_int, prepare_text
 from .heatmaps import attention_report
 from .hires import add_hires_flags, hires_fix, hires_options
 from .images import check_size, image_grid, save_png
 from .kernels import KERNELS
-from .models.embeddings import EmbeddingError, embedding_files, load_embeddings
 from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
 from .region import LabelNotInPromptError, RegionContext, load_color_context
@@ -40,20 +40,9 @@ __all__ = ["UsageError", "build_parser", "check_inputs", "main", "resolve_defaul
 
 # What a flag left out means (the parser's defaults are None, so "not given" is visible); with
 # the bundled demo model, its demo.json comes first.
-DEFAULT_EMBEDDINGS = "embeddings"
 DEFAULTS: dict[str, Any] = {"steps": 30, "scale": 7.5, "sampler": "euler_a",
                             "weight_function": "max", "compare": False}
 DEMO_SETTINGS = ("steps", "scale", "sampler", "weight_function", "weight_scale")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -66,7 +55,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    default="autocast", help="autocast = fp32 on CPU, fp16 on CUDA; full = fp32; "
                                             "auto = bf16 on CPUs with native bf16, else autocast")
     p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core); on a CPU "
                         "shared with other work fewer is often faster, e.g. --threads 1")
     p.add_argument("--attention", choices=KERNELS, default="auto", help="attention kernel")
@@ -81,12 +70,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
     p.add_argument("--v-pred", action="store_true",
                    help="the checkpoint is v-prediction (SD 2.x 768-v) whatever its config says")
-    p.add_argument("--clip-skip", type=_positive_int, default=None,
-                   help="A1111's clip skip: 1 = the text encoder's last layer (default), 2 = the "
-                        "penultimate layer then the final layer norm, ...")
-    p.add_argument("--embeddings-dir", type=str, default=None,
-                   help=f"textual-inversion embeddings (.pt/.bin/.safetensors), used by file name "
-                        f"in the prompt (default: {DEFAULT_EMBEDDINGS}/ when it exists)")
+    add_text_flags(p)
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -234,7 +218,7 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
     """
     _check_numbers(args, img2img)
     hires_options(args)  # --hr-* checked before the model loads
-    embeddings = _embedding_names(args)
+    embeddings = check_text(args)
     init = open_image(args.init_img, "init image") if img2img else None
     use_map = not args.no_pww and args.color_map is not None
     color_map = open_image(args.color_map, "colour map") if use_map else None
@@ -257,43 +241,6 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
                 if not any(name in args.prompt for name in embeddings):
                     raise
     return Inputs(color_map, regions, init, width, height)
-
-
-def _embeddings_dir(args: argparse.Namespace) -> Path | None:
-    """The embeddings folder to load: --embeddings-dir (must exist), else embeddings/ if present."""
-    if args.embeddings_dir is not None:
-        if not Path(args.embeddings_dir).exists():
-            raise UsageError(f"--embeddings-dir {args.embeddings_dir} does not exist: pass a folder "
-                             "or file of textual-inversion embeddings, or leave the flag out")
-        return Path(args.embeddings_dir)
-    default = Path(DEFAULT_EMBEDDINGS)
-    return default if default.is_dir() else None
-
-
-def _embedding_names(args: argparse.Namespace) -> set[str]:
-    """The names (file stems) of the embeddings this run will load."""
-    folder = _embeddings_dir(args)
-    if folder is None:
-        return set()
-    try:
-        return {path.stem for path in embedding_files(folder)}
-    except EmbeddingError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _prepare_text(model: Any, args: argparse.Namespace) -> None:
-    """Clip skip and textual-inversion embeddings on the loaded model."""
-    if args.clip_skip is not None:
-        try:
-            model.clip_skip = args.clip_skip
-        except ValueError as exc:
-            raise UsageError(f"--clip-skip: {exc}") from None
-    folder = _embeddings_dir(args)
-    if folder is not None:
-        try:
-            load_embeddings(model, folder)
-        except EmbeddingError as exc:
-            raise UsageError(str(exc)) from None
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -319,7 +266,7 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
                                attention=args.attention, channels_last=args.channels_last,
                                compile=args.compile, fast=args.fast, vae=args.vae,
                                parameterization="v" if args.v_pred else None)
-    _prepare_text(model, args)
+    prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))
     sample_dir = outdir / "samples"  # created by the first save_png, not before
     count = len(list(sample_dir.glob("*.png")))

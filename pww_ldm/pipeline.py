@@ -23,6 +23,7 @@ from .checkpoint import ArchitectureMismatchError
 from .conditioning import AttentionPlugin
 from .images import check_size, from_pil, to_pil
 from .infotext import format_parameters, model_settings
+from .lora import LoraManager, extract_lora_tags
 from .masking import sampler_inputs
 from .models.latent_diffusion import LatentDiffusion
 from .models.text_encoder import pad_to_same_length
@@ -71,20 +72,6 @@ def _check_model(model: LatentDiffusion, n_images: int) -> None:
                                         f"needs SD's factor {LATENT_FACTOR}")
 
 
-def _init_latent(model: LatentDiffusion, init_image: Image.Image | None,
-                 init_latent: torch.Tensor | None, width: int, height: int, seeds: list[int]
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(pixels (n, 3, H, W), init latent (n, 4, H/8, W/8)) of an img2img run, None for txt2img:
-    init_image encoded with each image's seed, or a given latent repeated for the n seeds."""
-    n = len(seeds)
-    if init_image is not None:
-        pixels = from_pil(init_image, width, height).to(model.device).expand(n, -1, -1, -1)
-        return pixels, encode_images(model, pixels, seeds)
-    if init_latent is not None:
-        return None, init_latent.to(model.device, torch.float32).expand(n, -1, -1, -1)
-    return None, None
-
-
 def _plugins(model: LatentDiffusion, regions: RegionContext | None, latent_hw: tuple[int, int],
              n_tokens: int, extra: Sequence[AttentionPlugin]) -> list[AttentionPlugin]:
     """Paint-with-Words first (when it biases anything), then the caller's plug-ins."""
@@ -115,6 +102,17 @@ def _settings(model: LatentDiffusion, options: SamplingOptions, width: int, heig
 
 
 @torch.inference_mode()
+def lora_manager(model: LatentDiffusion) -> LoraManager:
+    """The model's LoraManager (made on first use, `<lora:name>` from models/Lora): it keeps the
+    merged LoRAs equal to what the current prompt's tags ask. Set `model.lora_manager` to a
+    LoraManager of your own for another folder or fixed LoRAs."""
+    manager = getattr(model, "lora_manager", None)
+    if manager is None:
+        manager = LoraManager(model)
+        model.lora_manager = manager
+    return manager
+
+
 def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | None = None, *,
              negative_prompt: str = "", seed: int | None = 0, width: int = 512, height: int = 512,
              n_images: int = 1, regions: RegionContext | None = None,
@@ -122,8 +120,7 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              progress: bool = True, callback: Callable[[dict], None] | None = None,
              extra_parameters: Mapping[str, Any] | None = None,
              extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
-             mask: torch.Tensor | None = None, init_latent: torch.Tensor | None = None,
-             return_latents: bool = False, **sampling: Any) -> Any:
+             mask: torch.Tensor | None = None, **sampling: Any) -> list[Image.Image]:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
@@ -133,14 +130,11 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     plug-ins. extra_chunks: (cond (1, 77*r, C), uncond (1, 77*r, C)) appended to the token axis
     of the conditioning (the per-region prompts; their plug-ins mask them). mask (1, 1, H, W) in
     [0, 1], 1 = repaint, with init_image: inpainting (pww_ldm.masking.sampler_inputs; use
-    pww_ldm.inpaint for blur, crop and paste-back). init_latent (1 or n, 4, H/8, W/8): img2img
-    from a diffusion latent instead of init_image (the hires fix's upscaled latent). Returns width
-    x height RGB PIL images with `info["parameters"]`, or with return_latents the sampled
-    latents (n, 4, H/8, W/8).
+    pww_ldm.inpaint for blur, crop and paste-back). Returns width x height RGB PIL images with
+    `info["parameters"]`.
     """
-    img2img = init_image is not None or init_latent is not None
     if options is None:
-        options = sampling_options(sampling, img2img=img2img)
+        options = sampling_options(sampling, img2img=init_image is not None)
     elif sampling:
         raise TypeError(f"give the sampling settings in `options` or as keywords, not both: "
                         f"{sorted(sampling)}")
@@ -148,7 +142,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     _check_model(model, n_images)
     seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
-    cond = model.get_learned_conditioning([prompt])
+    loras = lora_manager(model)
+    cond = model.get_learned_conditioning([loras.apply_prompt(prompt)])  # <lora:...> tags out
     guided = options.guidance_scale != 1.0
     uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
     if extra_chunks is not None:  # appended after the prompt's chunks: the prompt's columns stay
@@ -159,17 +154,19 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 
-    pixels, init_latent = _init_latent(model, init_image, init_latent, width, height, seeds)
+    init_latent = pixels = None
+    if init_image is not None:
+        pixels = from_pil(init_image, width, height).to(model.device).expand(n_images, -1, -1, -1)
+        init_latent = encode_images(model, pixels, seeds)
     latents = sample_latents(
         model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
         init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
         device=model.device, callback=callback, disable_progress=not progress,
         model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)))
-    if return_latents:
-        return latents
     images = to_pil(decode_latents(model, latents))
 
-    settings = _settings(model, options, width, height, img2img, extra_parameters)
+    settings = _settings(model, options, width, height, init_image is not None, extra_parameters)
+    settings.setdefault("Lora hashes", loras.hashes_text())
     for image, image_seed in zip(images, seeds):
         settings["Seed"] = image_seed
         image.info["parameters"] = format_parameters(prompt, negative_prompt, settings)
@@ -226,7 +223,7 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
     check_size(width, height)
     labelled, own = split_regions(parse_color_context(color_context), color_map_image, width,
                                   height, strict)
-    regions = RegionContext.build(prompt, color_map_image, labelled, width=width,
+    regions = RegionContext.build(extract_lora_tags(prompt)[0], color_map_image, labelled, width=width,
                                   height=height, tokenizer=model.cond_stage_model.tokenizer,
                                   weight_function=weight_function, weight_scale=weight_scale,
                                   resample=resample, strict=strict)

@@ -16,6 +16,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError
 from .images import ImageSizeError
 from .kernels import AttentionKernelError
+from .lora.errors import LoraError
 from .region.errors import RegionError
 from .samplers.errors import SamplerInputError
 
@@ -29,7 +30,7 @@ class ImageFileError(OSError):
 
 
 USER_ERRORS = (RegionError, CheckpointError, ConfigError, ImageSizeError, SamplerInputError,
-               AttentionKernelError, UsageError, ImageFileError, FileNotFoundError,
+               AttentionKernelError, LoraError, UsageError, ImageFileError, FileNotFoundError,
                IsADirectoryError)
 
 

@@ -65,3 +65,37 @@ def test_an_embedding_is_used_by_name_and_can_be_a_region_label(capsys, ckpt, tm
     with_emb = np.asarray(Image.open(tmp_path / "with" / "samples" / "00000.png"))
     without = np.asarray(Image.open(tmp_path / "without" / "samples" / "00000.png"))
     assert not np.array_equal(with_emb, without)
+
+
+def write_lora(path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    key = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_v"
+    save_file({f"{key}.lora_down.weight": torch.randn(2, 32, generator=g),
+               f"{key}.lora_up.weight": torch.randn(32, 2, generator=g),
+               f"{key}.alpha": torch.tensor(2.0)}, str(path))
+    return path
+
+
+def test_lora_flag_and_prompt_tag_give_the_same_image(capsys, ckpt, tmp_path):
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    lora = write_lora(folder / "style.safetensors")
+    assert run(capsys, ckpt, tmp_path / "flag", "--prompt", "a cat", "--lora", f"{lora}:0.7")[0] == 0
+    status, err = run(capsys, ckpt, tmp_path / "tag", "--prompt", "a cat <lora:style:0.7>",
+                      "--lora-dir", folder)
+    assert status == 0, err
+    assert run(capsys, ckpt, tmp_path / "none", "--prompt", "a cat")[0] == 0
+    image = {name: Image.open(tmp_path / name / "samples" / "00000.png") for name in ("flag", "tag", "none")}
+    assert np.array_equal(np.asarray(image["flag"]), np.asarray(image["tag"]))
+    assert not np.array_equal(np.asarray(image["flag"]), np.asarray(image["none"]))
+    assert 'Lora hashes: "style: ' in image["tag"].info["parameters"]
+
+
+def test_unknown_lora_fails_before_the_model_loads(capsys, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(pww_ldm, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    status, err = run(capsys, ckpt, tmp_path, "--prompt", "a cat <lora:nope:1>", "--lora-dir", tmp_path)
+    assert status == 2 and "nope" in err and str(tmp_path) in err
+    status, err = run(capsys, ckpt, tmp_path, "--prompt", "a cat", "--lora", tmp_path / "x.safetensors")
+    assert status == 2 and "--lora" in err
