@@ -72,6 +72,20 @@ def _check_model(model: LatentDiffusion, n_images: int) -> None:
                                         f"needs SD's factor {LATENT_FACTOR}")
 
 
+def _init_latent(model: LatentDiffusion, init_image: Image.Image | None,
+                 init_latent: torch.Tensor | None, width: int, height: int, seeds: list[int]
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(pixels (n, 3, H, W), init latent (n, 4, H/8, W/8)) of an img2img run, None for txt2img:
+    init_image encoded with each image's seed, or a given latent repeated for the n seeds."""
+    n = len(seeds)
+    if init_image is not None:
+        pixels = from_pil(init_image, width, height).to(model.device).expand(n, -1, -1, -1)
+        return pixels, encode_images(model, pixels, seeds)
+    if init_latent is not None:
+        return None, init_latent.to(model.device, torch.float32).expand(n, -1, -1, -1)
+    return None, None
+
+
 def _plugins(model: LatentDiffusion, regions: RegionContext | None, latent_hw: tuple[int, int],
              n_tokens: int, extra: Sequence[AttentionPlugin]) -> list[AttentionPlugin]:
     """Paint-with-Words first (when it biases anything), then the caller's plug-ins."""
@@ -120,7 +134,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              progress: bool = True, callback: Callable[[dict], None] | None = None,
              extra_parameters: Mapping[str, Any] | None = None,
              extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
-             mask: torch.Tensor | None = None, **sampling: Any) -> list[Image.Image]:
+             mask: torch.Tensor | None = None, init_latent: torch.Tensor | None = None,
+             return_latents: bool = False, **sampling: Any) -> Any:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
@@ -130,11 +145,14 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     plug-ins. extra_chunks: (cond (1, 77*r, C), uncond (1, 77*r, C)) appended to the token axis
     of the conditioning (the per-region prompts; their plug-ins mask them). mask (1, 1, H, W) in
     [0, 1], 1 = repaint, with init_image: inpainting (pww_ldm.masking.sampler_inputs; use
-    pww_ldm.inpaint for blur, crop and paste-back). Returns width x height RGB PIL images with
-    `info["parameters"]`.
+    pww_ldm.inpaint for blur, crop and paste-back). init_latent (1 or n, 4, H/8, W/8): img2img
+    from a diffusion latent instead of init_image (the hires fix's upscaled latent). Returns width
+    x height RGB PIL images with `info["parameters"]`, or with return_latents the sampled
+    latents (n, 4, H/8, W/8).
     """
+    img2img = init_image is not None or init_latent is not None
     if options is None:
-        options = sampling_options(sampling, img2img=init_image is not None)
+        options = sampling_options(sampling, img2img=img2img)
     elif sampling:
         raise TypeError(f"give the sampling settings in `options` or as keywords, not both: "
                         f"{sorted(sampling)}")
@@ -154,18 +172,17 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 
-    init_latent = pixels = None
-    if init_image is not None:
-        pixels = from_pil(init_image, width, height).to(model.device).expand(n_images, -1, -1, -1)
-        init_latent = encode_images(model, pixels, seeds)
+    pixels, init_latent = _init_latent(model, init_image, init_latent, width, height, seeds)
     latents = sample_latents(
         model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
         init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
         device=model.device, callback=callback, disable_progress=not progress,
         model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)))
+    if return_latents:
+        return latents
     images = to_pil(decode_latents(model, latents))
 
-    settings = _settings(model, options, width, height, init_image is not None, extra_parameters)
+    settings = _settings(model, options, width, height, img2img, extra_parameters)
     settings.setdefault("Lora hashes", loras.hashes_text())
     for image, image_seed in zip(images, seeds):
         settings["Seed"] = image_seed
