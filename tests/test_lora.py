@@ -48,7 +48,6 @@ def _assert_bits(model, before):
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
     """Our tiny model, the kohya file, a diffusers-format copy, and diffusers' fused outputs."""
-    pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
