@@ -73,17 +73,20 @@ def test_lcm_runs_through_sample_latents_by_name(name):
     options = S.SamplingOptions(sampler=name, steps=steps, guidance_scale=1.0)
     out = S.sample_latents(model, options, cond=torch.zeros(1, 77, 8), uncond=None, shape=shape,
                            seeds=[7], disable_progress=True)
-    # Expected: the seed's generator draws the start noise, then one noise per step but the last;
-    # sigmas are k-diffusion's default spacing, which the registry gives "LCM".
-    sigmas = S.DiscreteSchedule(model.alphas_cumprod).get_sigmas(steps).double()
+    # Expected: A1111's LCM: its denoiser on the 50-step grid and that denoiser's sigmas (both
+    # checked against A1111's definitions below); the seed's generator draws the start noise,
+    # then one noise per step but the last.
+    den = LCMDenoiser(S.CFGEpsModel(model), S.DiscreteSchedule(model.alphas_cumprod))
+    sigmas = den.get_sigmas(steps)
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(1, *shape, generator=g).double() * sigmas[0]
+    x = torch.randn(1, *shape, generator=g) * sigmas[0]
     for i in range(steps):
-        x = gaussian_denoiser(x, sigmas[i].expand(1))
+        x = den(x, sigmas[i].expand(1), cond=torch.zeros(1, 77, 8))
         if sigmas[i + 1] > 0:
-            x = x + sigmas[i + 1] * torch.randn(1, *shape, generator=g).double()
-    assert len(model.ts) == steps
-    torch.testing.assert_close(out.double(), x, rtol=1e-4, atol=1e-4)
+            x = x + sigmas[i + 1] * torch.randn(1, *shape, generator=g)
+    assert len(model.ts) == 2 * steps  # ours, then the expectation's
+    assert sorted(set(int(t) for t in torch.cat(model.ts).tolist())) == [19, 339, 679, 999]
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
 
 
 def _a1111_grid():

@@ -28,6 +28,8 @@ class SamplerSpec:
     options: fixed keyword arguments for fn (e.g. solver_type of DPM++ 2M SDE Heun).
     noise: "brownian" for the SDE samplers (noise from `BrownianNoiseSampler`, as k-diffusion's
         Brownian tree), else "independent" (`BatchedNoiseSampler`).
+    denoiser: the D(x, sigma) class the sampler runs on, made as denoiser(eps_model, schedule) and
+        giving its own `get_sigmas(steps)` (LCM's 50-timestep grid, as A1111); None: `KDenoiser`.
     """
 
     name: str
@@ -37,6 +39,7 @@ class SamplerSpec:
     schedule: str = "default"
     options: dict[str, Any] = field(default_factory=dict)
     noise: str = "independent"
+    denoiser: type | None = None
 
 
 # (snake name, A1111 label, function, fixed options, extra aliases)
@@ -72,8 +75,9 @@ def _build() -> tuple[dict[str, SamplerSpec], list[SamplerSpec]]:
     for name, label, fn, options, aliases in _K_SAMPLERS:
         for schedule, suffix, label_suffix in _SCHEDULES:
             noise = "brownian" if fn in _BROWNIAN else "independent"
+            denoiser = lcm.LCMDenoiser if fn is lcm.sample_lcm else None  # A1111's LCM denoiser
             spec = SamplerSpec(
-                name + suffix, label + label_suffix, "k", fn, schedule, options, noise
+                name + suffix, label + label_suffix, "k", fn, schedule, options, noise, denoiser
             )
             specs.append(spec)
             for key in (spec.name, spec.label, *(a + suffix for a in aliases)):

@@ -66,15 +66,20 @@ def _k_sigmas(options: SamplingOptions, schedule: DiscreteSchedule) -> torch.Ten
 
 def _run_k(eps_model: CFGEpsModel, schedule: DiscreteSchedule, options: SamplingOptions,
            noise: torch.Tensor, init: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:
-    """k-diffusion family: x = noise * sigma_0 (txt2img) or init + noise * sigma_0 (img2img)."""
-    sigmas = _k_sigmas(options, schedule).to(device=noise.device, dtype=torch.float32)
+    """k-diffusion family: x = noise * sigma_0 (txt2img) or init + noise * sigma_0 (img2img).
+
+    The sampler's own denoiser (LCM's grid) brings its own default sigmas; Karras sigmas otherwise."""
+    spec = options.spec
+    denoiser = (spec.denoiser or KDenoiser)(eps_model, schedule)
+    own = spec.denoiser is not None and spec.schedule == "default"
+    sigmas = denoiser.get_sigmas(options.steps) if own else _k_sigmas(options, schedule)
+    sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
     if init is None:
         x = noise * sigmas[0]
     else:
         sigmas = sigmas[-(_img2img_steps(options.strength, options.steps) + 1):]
         x = init + noise * sigmas[0]
-    fn = options.spec.fn
-    return fn(KDenoiser(eps_model, schedule), x, sigmas, **_call(fn, kwargs))
+    return spec.fn(denoiser, x, sigmas, **_call(spec.fn, kwargs))
 
 
 def _run_timesteps(eps_model: CFGEpsModel, schedule: DiscreteSchedule, options: SamplingOptions,
