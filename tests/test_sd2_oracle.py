@@ -78,3 +78,26 @@ def test_hybrid_model_needs_c_concat():
     x, t, ctx = torch.zeros(1, 4, 8, 8), torch.tensor([1.0]), torch.zeros(1, 77, 32)
     with pytest.raises(ValueError, match="needs c_concat"):
         model.apply_model(x, t, ctx)
+
+
+def test_textual_inversion_on_openclip(sd2, tmp_path):
+    import copy
+
+    from pww_ldm.models.embeddings import load_embeddings
+
+    encoder = copy.deepcopy(sd2.cond_stage_model)
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(5))
+    torch.save({"string_to_param": {"*": vectors}}, tmp_path / "mytok.pt")
+    assert load_embeddings(encoder, tmp_path / "mytok.pt") == ["mytok"]
+    with torch.no_grad():
+        ours = encoder.encode(["a photo of mytok"])
+        # the same prompt as two new vocabulary rows: no hook involved
+        table = encoder.model.token_embedding
+        wider = torch.nn.Embedding(table.num_embeddings + 2, 32)
+        wider.weight.copy_(torch.cat([table.weight, vectors]))
+        ids = [49406, *encoder.tokenizer.encode("a photo of"), 49408, 49409, 49407]
+        tokens = torch.tensor([ids + [0] * (77 - len(ids))])
+        encoder.model.token_embedding = wider
+        expected = encoder.model.hidden_state(tokens, 2)
+    assert ours.shape == (1, 77, 32)
+    assert (ours - expected).abs().max().item() < 1e-6
