@@ -123,3 +123,17 @@ def test_bad_vae_files_are_named(tmp_path):
     with pytest.raises(ck.StateDictMismatchError, match="(?s)half.vae.safetensors.*missing"):
         load_model(ckpt, config=save_config(tiny_config(), tmp_path / "t.yaml"), device="cpu",
                    vae=tmp_path / "half.vae.safetensors")
+
+
+def test_original_stability_targets_build_our_classes():
+    from pww_ldm.config import instantiate_from_config
+    from pww_ldm.models.latent_diffusion import LatentInpaintDiffusion
+    from pww_ldm.models.open_clip import FrozenOpenCLIPEmbedder
+
+    cfg = tiny_family_config("sd2-inpainting")
+    cfg.model.target = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion"
+    cfg.model.params.cond_stage_config.target = "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"
+    model = instantiate_from_config(cfg.model)
+    assert isinstance(model, LatentInpaintDiffusion)
+    assert isinstance(model.cond_stage_model, FrozenOpenCLIPEmbedder)
+    assert model.cond_stage_model.clip_skip == 2  # layer: "penultimate"
