@@ -115,7 +115,6 @@ def _settings(model: LatentDiffusion, options: SamplingOptions, width: int, heig
     return settings
 
 
-@torch.inference_mode()
 def lora_manager(model: LatentDiffusion) -> LoraManager:
     """The model's LoraManager (made on first use, `<lora:name>` from models/Lora): it keeps the
     merged LoRAs equal to what the current prompt's tags ask. Set `model.lora_manager` to a
@@ -127,6 +126,7 @@ def lora_manager(model: LatentDiffusion) -> LoraManager:
     return manager
 
 
+@torch.inference_mode()
 def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | None = None, *,
              negative_prompt: str = "", seed: int | None = 0, width: int = 512, height: int = 512,
              n_images: int = 1, regions: RegionContext | None = None,
