@@ -1,8 +1,10 @@
 """The fields of a batch job: each one's check (type, range, names) and default.
 
-Names and defaults are those of `pww_ldm.paint_with_words`, plus `id` and `output` (the output
-name, without .png, relative to the output folder). A check returns the value to use (sampler
-names become canonical snake_case) or raises `Bad` with a reason written for people.
+Names and defaults are those of `pww_ldm.paint_with_words`, `pww_ldm.inpaint` (mask_*,
+invert_mask, only_masked*), `pww_ldm.hires.hires_fix` (hr_*) and the model's `clip_skip`, plus
+`id` and `output` (the output name, without .png, relative to the output folder). A check returns
+the value to use (sampler names become canonical snake_case) or raises `Bad` with a reason
+written for people. Checks that involve several fields are in jobs.py (`_combination_issues`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
+from ..hires import UPSCALERS
 from ..samplers.errors import SamplerInputError
 from ..samplers.registry import get_sampler
 
@@ -23,10 +26,12 @@ class Bad(ValueError):
     """A field value that fails its check; the message says why."""
 
 
-def _int(minimum: int) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
+def _int(minimum: int, optional: bool = False) -> Callable[[Any], int | None]:
+    def check(v: Any) -> int | None:
+        if v is None and optional:
+            return None
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise Bad(f"must be an integer >= {minimum}, got {v!r}")
+            raise Bad(f"must be an integer >= {minimum}{' or null' if optional else ''}, got {v!r}")
         return v
     return check
 
@@ -85,10 +90,20 @@ def _weight_function(v: Any) -> str:
     return v
 
 
-def _strength(v: Any) -> float:
-    value = _number()(v)
-    if not 0 < value <= 1:
-        raise Bad(f"must be in (0, 1], got {v!r}")
+def _unit(optional: bool = False) -> Callable[[Any], float | None]:
+    def check(v: Any) -> float | None:
+        value = _number(optional=optional)(v)
+        if value is not None and not 0 < value <= 1:
+            raise Bad(f"must be in (0, 1], got {v!r}")
+        return value
+    return check
+
+
+def _hr_scale(v: Any) -> float | None:
+    value = _number(optional=True)(v)
+    if value is not None and not value > 1:
+        raise Bad(f"must be above 1 (the hires pass is hr_scale times the size) or null = no "
+                  f"hires fix, got {v!r}")
     return value
 
 
@@ -135,9 +150,19 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "guidance_scale": (_number(), 7.5), "weight_function": (_weight_function, "max"),
     "weight_scale": (_number(optional=True), None), "width": (_size, None),
     "height": (_size, None), "n_images": (_int(1), 1), "init_image": (_path, None),
-    "strength": (_strength, 0.5), "eta": (_number(0.0, optional=True), None),
+    "strength": (_unit(optional=True), None), "eta": (_number(0.0, optional=True), None),
     "resample": (_choice("area", "bilinear"), "area"), "strict": (_bool, True),
+    # inpainting (pww_ldm.inpaint); used only with mask_image
+    "mask_image": (_path, None), "mask_blur": (_number(0.0), 4.0), "invert_mask": (_bool, False),
+    "only_masked": (_bool, False), "only_masked_padding": (_int(0), 32),
+    # hires fix (pww_ldm.hires.hires_fix); used only with hr_scale
+    "hr_scale": (_hr_scale, None), "hr_denoise": (_unit(), 0.5),
+    "hr_upscaler": (_choice(*UPSCALERS), "latent"), "hr_steps": (_int(1, optional=True), None),
+    # text encoder: None = the run's --clip-skip, else the model's own
+    "clip_skip": (_int(1, optional=True), None),
 }
+# strength left out (null): the library's default, 0.5 for img2img and 0.75 for inpainting
+STRENGTH_DEFAULTS = {"img2img": 0.5, "inpaint": 0.75}
 PER_JOB_ONLY = ("id", "output")
 
 

@@ -17,15 +17,19 @@ from typing import Any
 from PIL import Image
 
 from ..images import ImageSizeError, check_size
+from ..lora import LoraError, extract_lora_tags
+from ..masking import MaskError, prepare_mask
 from ..pipeline import resolve_size
 from ..region import (
     ColorMapError,
+    LabelNotInPromptError,
     RegionContext,
     RegionError,
     WeightFunctionError,
     parse_color_context,
 )
 from ..user_errors import ImageFileError, read_image
+from .features import TextSettings, feature_payload, job_loras
 from .jobs import Issue, Job, JobFileError, parse_jobs
 
 CACHE_SIZE = 32  # decoded images kept while validating (jobs often share a map)
@@ -42,10 +46,12 @@ class JobInputs:
     width: int
     height: int
     digests: dict[str, str | None]
+    mask_image: Image.Image | None = None
+    mask_digest: str | None = None
 
 
 class InputFileError(OSError):
-    """A colour map or init image that cannot be read or decoded; `field` names which."""
+    """A colour map, init image or mask that cannot be read, decoded or used; `field` names which."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -72,30 +78,48 @@ def _open_image(path: str | None, field: str,
 
 
 def open_inputs(job: Job, cache: dict | None = None) -> JobInputs:
-    """Read and decode the job's colour map, init image and colour context; resolve its size.
+    """Read and decode the job's colour map, init image, mask and colour context; resolve its size.
 
-    Raises OSError (missing / unreadable image), RegionError (bad colour context) or
-    ImageSizeError. `cache` (path -> decoded image) lets validation open a shared map once.
+    Raises OSError (missing / unreadable image, a mask with nothing to repaint), RegionError (bad
+    colour context) or ImageSizeError. `cache` (path -> decoded
+    image) lets validation open a shared map once.
     """
     color_map, map_digest = _open_image(job.color_map, "color_map", cache)
     init, init_digest = _open_image(job.init_image, "init_image", cache)
+    mask, mask_digest = _open_image(job.mask_image, "mask_image", cache)
+    if mask is not None:
+        try:
+            prepare_mask(mask, mask.size, 0, job.invert_mask)  # empty (after invert_mask)?
+        except MaskError as exc:
+            raise InputFileError("mask_image", f"{job.mask_image}: {exc}") from None
     regions = parse_color_context(job.color_context)  # file path, inline text or data
     reference = color_map or init
     width, height = resolve_size(job.width or None, job.height or None, reference)
     check_size(width, height)
     return JobInputs(color_map, init, regions, width, height,
-                     {"color_map": map_digest, "init_image": init_digest})
+                     {"color_map": map_digest, "init_image": init_digest}, mask, mask_digest)
 
 
-def job_hash(job: Job, inputs: JobInputs, model_id: str) -> str:
+def _region_payload(region: Any) -> dict[str, Any]:
+    out = {"color": list(region.color), "label": region.label, "weight": region.weight,
+           "seed": region.seed, "blur": region.blur, "occurrence": region.occurrence}
+    # fields added later count only when used, so jobs without them keep their hashes
+    for name, unused in (("outside", 0.0), ("prompt", None), ("negative_prompt", None)):
+        if getattr(region, name, unused) != unused:
+            out[name] = getattr(region, name)
+    return out
+
+
+def job_hash(job: Job, inputs: JobInputs, model_id: str, text: TextSettings | None = None) -> str:
     """16 hex digits of sha256 over everything that decides the job's images.
 
     Covered: the model id, prompt, seed, sampler, steps, scales, size, strength (img2img), eta,
-    weighting, the file contents of map and init image, and the parsed regions. Not covered:
-    the job's id and output name (renaming a job does not redo it).
+    weighting, the file contents of map, init image and mask, the parsed regions, and what
+    `features.feature_payload` adds (LoRA file hashes and weights, the embeddings the prompts
+    use, clip skip, mask and hires settings). Not covered: the job's id and output name
+    (renaming a job does not redo it). text: the run's text flags (default: none given).
     """
-    regions = [{"color": list(r.color), "label": r.label, "weight": r.weight, "seed": r.seed,
-                "blur": r.blur, "occurrence": r.occurrence} for r in inputs.regions]
+    regions = [_region_payload(r) for r in inputs.regions]
     payload = {
         "v": HASH_VERSION, "model": model_id, "prompt": job.prompt,
         "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
@@ -104,6 +128,7 @@ def job_hash(job: Job, inputs: JobInputs, model_id: str) -> str:
         "weight_function": job.weight_function, "weight_scale": job.weight_scale,
         "resample": job.resample, "strict": job.strict, **inputs.digests,
         "strength": job.strength if job.init_image is not None else None,
+        **feature_payload(job, text or TextSettings(), inputs.mask_digest),
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -119,53 +144,71 @@ def _field_of(exc: Exception) -> str:
     return "color_context"
 
 
-def validate_job_file(path: str | Path, check_inputs: bool = True) -> list[Job]:
-    """Parse the job file and (check_inputs) open every input and check every label.
+def validate_job_file(path: str | Path, check_inputs: bool = True,
+                      text: TextSettings | None = None) -> list[Job]:
+    """Parse the job file and (check_inputs) open every input and check every label and LoRA tag.
 
+    text: the run's text flags (where `<lora:name>` tags are looked up, the embeddings' names).
     Raises JobFileError listing every problem of every job at once, by line.
     """
     jobs, issues = parse_jobs(path)
     if check_inputs:
-        issues += check_job_inputs(jobs)
+        issues += check_job_inputs(jobs, text=text)
     if issues:
         raise JobFileError(str(path), sorted(issues, key=lambda i: i.line))
     return jobs
 
 
-def check_job_inputs(jobs: list[Job], tokenizer: Any = None) -> list[Issue]:
-    """Open every job's files and align its labels with its prompt (bundled tokenizer, no model).
+def check_job_inputs(jobs: list[Job], tokenizer: Any = None,
+                     text: TextSettings | None = None) -> list[Issue]:
+    """Open every job's files, find its LoRAs and align its labels with its prompt (bundled
+    tokenizer, no model).
 
     Returns the problems found (empty = all good); colours missing from the map are problems
-    unless the job says strict: false.
+    unless the job says strict: false. A label holding an embedding's name is left to the
+    pipeline (it tokenizes differently once the embedding is loaded), as the scripts do.
     """
     if tokenizer is None:
         from ..models.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer()
+    text = text or TextSettings()
+    embeddings = set(text.embedding_names())
     issues: list[Issue] = []
     cache: dict = {}
     for job in jobs:
-        who = f"job {job.id!r}"
-        line = job.line
-        try:
-            inputs = open_inputs(job, cache)
-        except InputFileError as exc:
-            issues.append(Issue(job.field_lines.get(exc.field, line), who, exc.field,
-                                str(exc).split(": ", 1)[1]))
-            continue
-        except (RegionError, ImageSizeError) as exc:
-            issues.append(Issue(job.field_lines.get(_field_of(exc), line), who, _field_of(exc),
-                                str(exc)))
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                RegionContext.build(job.prompt, inputs.color_map, inputs.regions,
-                                    width=inputs.width, height=inputs.height, tokenizer=tokenizer,
-                                    weight_function=job.weight_function,
-                                    weight_scale=job.weight_scale, resample=job.resample,
-                                    strict=job.strict)
-        except RegionError as exc:
-            name = _field_of(exc)
-            issues.append(Issue(job.field_lines.get(name, line), who, name, str(exc)))
+        issues += _job_issues(job, cache, tokenizer, text, embeddings)
     return issues
+
+
+def _job_issues(job: Job, cache: dict, tokenizer: Any, text: TextSettings,
+                embeddings: set[str]) -> list[Issue]:
+    who = f"job {job.id!r}"
+
+    def issue(name: str, reason: str) -> Issue:
+        return Issue(job.field_lines.get(name, job.line), who, name, reason)
+
+    try:
+        job_loras(job, text)
+    except LoraError as exc:
+        return [issue("prompt", str(exc))]
+    try:
+        inputs = open_inputs(job, cache)
+    except InputFileError as exc:
+        return [issue(exc.field, str(exc).split(": ", 1)[1])]
+    except (RegionError, ImageSizeError) as exc:
+        return [issue(_field_of(exc), str(exc))]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            RegionContext.build(extract_lora_tags(job.prompt)[0], inputs.color_map, inputs.regions,
+                                width=inputs.width, height=inputs.height, tokenizer=tokenizer,
+                                weight_function=job.weight_function,
+                                weight_scale=job.weight_scale, resample=job.resample,
+                                strict=job.strict)
+    except LabelNotInPromptError as exc:
+        if not any(name in job.prompt for name in embeddings):
+            return [issue("color_context", str(exc))]
+    except RegionError as exc:
+        return [issue(_field_of(exc), str(exc))]
+    return []

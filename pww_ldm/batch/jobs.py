@@ -1,11 +1,12 @@
 """Job files for batch generation: parse, check every field, report every bad job at once.
 
-A job is what `paint_with_words` takes, one per JSONL line (an optional first line
-`{"defaults": {...}}` gives shared fields) or one per item of a YAML `jobs:` list (with an optional
-`defaults:` mapping). Relative paths (colour map, colour-context file, init image) are relative to
-the job file's folder. `load_jobs` checks structure, types, unknown fields, sizes and sampler names;
-`check_job_inputs` (inputs.py) opens the files and aligns labels with the prompt (tokenizer only,
-no model). The fields, their checks and defaults are in fields.py.
+A job is what `paint_with_words` takes (plus inpainting's mask, the hires fix and clip skip), one
+per JSONL line (an optional first line `{"defaults": {...}}` gives shared fields) or one per item
+of a YAML `jobs:` list (with an optional `defaults:` mapping). Relative paths (colour map,
+colour-context file, init image, mask) are relative to the job file's folder. `load_jobs` checks
+structure, types, unknown fields, sizes, sampler names and fields that go together;
+`check_job_inputs` (inputs.py) opens the files, finds the LoRAs and aligns labels with the prompt
+(tokenizer only, no model). The fields, their checks and defaults are in fields.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fields import FIELDS, PER_JOB_ONLY, REQUIRED, Bad, unknown_field
+from .fields import FIELDS, PER_JOB_ONLY, REQUIRED, STRENGTH_DEFAULTS, Bad, unknown_field
 
 CONTEXT_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -50,6 +51,8 @@ class Job:
 
     index: 0-based position in the file; line: its 1-based line. width/height None = from the
     colour map (else init image, else 512), rounded down to a multiple of 8, as paint_with_words.
+    mask_image (with init_image): inpainting, as pww_ldm.inpaint; hr_scale (without init_image):
+    the hires fix, as pww_ldm.hires.hires_fix; clip_skip None = the run's --clip-skip.
     """
 
     index: int
@@ -74,6 +77,16 @@ class Job:
     eta: float | None = None
     resample: str = "area"
     strict: bool = True
+    mask_image: str | None = None
+    mask_blur: float = 4.0
+    invert_mask: bool = False
+    only_masked: bool = False
+    only_masked_padding: int = 32
+    hr_scale: float | None = None
+    hr_denoise: float = 0.5
+    hr_upscaler: str = "latent"
+    hr_steps: int | None = None
+    clip_skip: int | None = None
     field_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def output_names(self) -> list[str]:
@@ -124,21 +137,40 @@ def _build_job(index: int, line: int, raw: Any, lines: Mapping[str, int], defaul
                 issues.append(Issue(line, who, name, "required (give it here or in `defaults`)"))
             elif default is not REQUIRED:
                 values[name] = default
-    if (values.get("color_map") is None) != (values.get("color_context") is None):
-        have, lack = (("color_map", "color_context") if values.get("color_map") is not None
-                      else ("color_context", "color_map"))
-        issues.append(Issue(line, who, lack, f"missing: {have} is given, and the two go together "
-                                             "(give both, or set both to null)"))
+    issues += _combination_issues(values, who, line, lines)
     if len(issues) > before:
         return None
     values.pop("id", None)
     values["output"] = values["output"] or jid
+    if values["strength"] is None:
+        values["strength"] = STRENGTH_DEFAULTS["inpaint" if values["mask_image"] else "img2img"]
     ctx = values["color_context"]
     if isinstance(ctx, str) and "\n" not in ctx and Path(ctx).suffix.lower() in CONTEXT_SUFFIXES:
         values["color_context"] = _resolve(ctx, base)
-    for key in ("color_map", "init_image"):
+    for key in ("color_map", "init_image", "mask_image"):
         values[key] = _resolve(values[key], base)
     return Job(index=index, line=line, id=jid, field_lines=dict(lines), **values)
+
+
+def _combination_issues(values: dict[str, Any], who: str, line: int,
+                        lines: Mapping[str, int]) -> list[Issue]:
+    """Fields that must (or must not) come together: map and context, mask and init image, the
+    hires fix and an init image (it is text-to-image, as A1111's)."""
+    found = []
+    if (values.get("color_map") is None) != (values.get("color_context") is None):
+        have, lack = (("color_map", "color_context") if values.get("color_map") is not None
+                      else ("color_context", "color_map"))
+        found.append(Issue(line, who, lack, f"missing: {have} is given, and the two go together "
+                                            "(give both, or set both to null)"))
+    if values.get("mask_image") is not None and values.get("init_image") is None:
+        found.append(Issue(lines.get("mask_image", line), who, "mask_image",
+                           "inpainting needs init_image too (the image whose white mask area is "
+                           "repainted): give init_image, or set mask_image to null"))
+    if values.get("hr_scale") is not None and values.get("init_image") is not None:
+        found.append(Issue(lines.get("hr_scale", line), who, "hr_scale",
+                           "the hires fix is for text-to-image jobs: set hr_scale to null, or "
+                           "drop init_image (and mask_image)"))
+    return found
 
 
 Item = tuple[int, Any, dict[str, int]]  # (line, raw mapping, field -> line)

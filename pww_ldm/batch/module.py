@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..images import save_png
+from .features import TextSettings, generate_job, prepare_model
 from .inputs import job_hash, open_inputs
 from .jobs import Job
 from .manifest import PART_DIR, Summary, merge_manifest
@@ -46,13 +47,18 @@ def first_item(batch: list[Any]) -> Any:
     return batch[0]
 
 
-def model_id(ckpt: str | os.PathLike, dtype: str | None) -> str:
-    """What identifies the weights in a job's hash: file name, size in bytes, dtype asked for.
+def model_id(ckpt: str | os.PathLike, dtype: str | None, vae: str | os.PathLike | None = None,
+             parameterization: str | None = None) -> str:
+    """What identifies the weights in a job's hash: file name, size in bytes, dtype asked for,
+    then the separate VAE's name and size and a forced parameterization, when given.
 
     Name and size (not mtime) so every node of a cluster computes the same id for its copy.
     """
     path = Path(ckpt)
-    return f"{path.name}:{path.stat().st_size}:{dtype or 'auto'}"
+    key = f"{path.name}:{path.stat().st_size}:{dtype or 'auto'}"
+    if vae is not None:
+        key += f":vae={Path(vae).name}:{Path(vae).stat().st_size}"
+    return key + (f":{parameterization}-prediction" if parameterization else "")
 
 
 def output_is_complete(path: Path, digest: str) -> bool:
@@ -66,11 +72,13 @@ def output_is_complete(path: Path, digest: str) -> bool:
     return f"Job hash: {digest}" in text
 
 
-def run_job(model: Any, job: Job, outdir: Path, model_key: str, rank: int) -> dict[str, Any]:
+def run_job(model: Any, job: Job, outdir: Path, model_key: str, rank: int,
+            text: TextSettings | None = None) -> dict[str, Any]:
     """Generate one job (or reuse its complete outputs); return its manifest record.
 
-    Any exception of the job (unreadable map, label not in prompt, ...) becomes status "error"
-    with its message; the caller goes on with the next job.
+    text: the run's text flags (they enter the job hash). Any exception of the job (unreadable
+    map, label not in prompt, ...) becomes status "error" with its message; the caller goes on
+    with the next job.
     """
     started = time.perf_counter()
     names = job.output_names()
@@ -79,7 +87,7 @@ def run_job(model: Any, job: Job, outdir: Path, model_key: str, rank: int) -> di
                               "outputs": names, "status": "ok", "cached": False, "error": None}
     try:
         inputs = open_inputs(job)
-        digest = job_hash(job, inputs, model_key)
+        digest = job_hash(job, inputs, model_key, text)
         record["hash"] = digest
         paths = [outdir / name for name in names]
         if all(output_is_complete(p, digest) for p in paths):
@@ -87,7 +95,7 @@ def run_job(model: Any, job: Job, outdir: Path, model_key: str, rank: int) -> di
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="colour map is")  # resized to the job
-                images = _generate(model, job, inputs, digest)
+                images = generate_job(model, job, inputs, digest)
             for image, path in zip(images, paths, strict=True):
                 save_png(image, path)
     except Exception as exc:  # one bad job must not stop the batch
@@ -95,19 +103,6 @@ def run_job(model: Any, job: Job, outdir: Path, model_key: str, rank: int) -> di
     record["run"] = {"rank": rank, "seconds": round(time.perf_counter() - started, 3),
                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return record
-
-
-def _generate(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.Image]:
-    from ..pipeline import paint_with_words
-
-    return paint_with_words(
-        model, job.prompt, inputs.color_map, inputs.regions, steps=job.steps,
-        guidance_scale=job.guidance_scale, seed=job.seed, sampler=job.sampler,
-        weight_function=job.weight_function, weight_scale=job.weight_scale,
-        negative_prompt=job.negative_prompt, width=inputs.width, height=inputs.height,
-        n_images=job.n_images, init_image=inputs.init_image, strength=job.strength,
-        resample=job.resample, strict=job.strict, eta=job.eta, progress=False,
-        extra_parameters={"Job hash": digest})
 
 
 class PartWriter:
@@ -134,24 +129,28 @@ class PartWriter:
 class BatchGenerator(pl.LightningModule):
     """Wraps the pipeline for `Trainer.predict`: one model per process, one job per step.
 
-    jobs: validated jobs. ckpt/config/dtype/use_ema/attention/fast: as `load_model`. threads: torch
-    CPU threads per process (None = Lightning's choice). After predict, `summary` holds the merged
-    result on global rank 0 (None elsewhere).
+    jobs: validated jobs. ckpt/config/dtype/use_ema/attention/fast/vae/parameterization: as
+    `load_model`. threads: torch CPU threads per process (None = Lightning's choice). text: the
+    run's LoRA / embeddings / clip-skip flags (default: none). After predict, `summary` holds the
+    merged result on global rank 0 (None elsewhere).
     """
 
     def __init__(self, jobs: list[Job], ckpt: str, outdir: str | os.PathLike, config: str | None = None,
                  dtype: str | None = None, use_ema: bool = False, attention: str = "auto",
-                 threads: int | None = None, fast: bool = False) -> None:
+                 threads: int | None = None, fast: bool = False, vae: str | None = None,
+                 parameterization: str | None = None, text: TextSettings | None = None) -> None:
         super().__init__()
         self.jobs, self.ckpt, self.outdir = jobs, ckpt, Path(outdir)
         self.load_options = dict(config=config, dtype=dtype, use_ema=use_ema, attention=attention,
-                                 fast=fast)
+                                 fast=fast, vae=vae, parameterization=parameterization)
         self.threads = threads
-        self.model_key = model_id(ckpt, dtype)
+        self.text = text or TextSettings()
+        self.model_key = model_id(ckpt, dtype, vae, parameterization)
         self.summary: Summary | None = None
 
     def setup(self, stage: str) -> None:
-        """Per process: agree on a run id, clear stale temp files (rank 0), load the model."""
+        """Per process: agree on a run id, clear stale temp files (rank 0), load the model, apply
+        the text flags and check the jobs' clip skips (UsageError before any image)."""
         from ..loading import load_model
         from ..threads import set_threads
 
@@ -162,8 +161,9 @@ class BatchGenerator(pl.LightningModule):
             remove_stale_temp_files(self.outdir, self.jobs)
         strategy.barrier("pww-batch-setup")
         # Kept out of nn.Module registration: Lightning must not move, wrap or summarise it.
-        self.__dict__["engine"] = load_model(self.ckpt, device=strategy.root_device,
-                                             **self.load_options)
+        engine = load_model(self.ckpt, device=strategy.root_device, **self.load_options)
+        prepare_model(engine, self.text, self.jobs)
+        self.__dict__["engine"] = engine
         self.part = PartWriter(self.outdir / PART_DIR / f"part-rank{self.global_rank}.jsonl")
         self.started = time.time()
 
@@ -181,7 +181,8 @@ class BatchGenerator(pl.LightningModule):
         world = self.trainer.world_size
         if job is None or job.index % world != self.global_rank:
             return {"skipped": True}  # padding, or a duplicate a padding sampler gave a 2nd rank
-        record = run_job(self.__dict__["engine"], job, self.outdir, self.model_key, self.global_rank)
+        record = run_job(self.__dict__["engine"], job, self.outdir, self.model_key, self.global_rank,
+                         self.text)
         record["run"]["run_id"] = self.run_id
         self.part.write(record)
         return record

@@ -1,7 +1,8 @@
 """`scripts/batch_pww.py`: validate a job file, then generate it on Lightning's `Trainer.predict`.
 
     python scripts/batch_pww.py --jobs jobs.jsonl --ckpt model.ckpt --outdir out/ \\
-        [--accelerator cpu|gpu] [--devices N] [--num-nodes M] [--strategy ddp]
+        [--accelerator cpu|gpu] [--devices N] [--num-nodes M] [--strategy ddp] \\
+        [--vae FILE] [--v-pred] [--lora FILE[:W]] [--lora-dir DIR] [--embeddings-dir DIR] [--clip-skip N]
 
 Exit status: 0 all jobs ok; 1 some job failed (each recorded with its error in the manifest, the
 others completed); 2 bad input (the whole job file is checked first: nothing is generated).
@@ -22,6 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ..cli_text import add_text_flags
+from .features import TextSettings
 from .inputs import validate_job_file
 from .jobs import Job, JobFileError
 from .manifest import Summary, summary_from_manifest
@@ -51,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Lightning strategy (auto = ddp when more than one process)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="weights dtype: auto (= autocast) is fp32 on CPU, fp16 on CUDA; full = fp32")
+    p.add_argument("--vae", default=None,
+                   help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
+    p.add_argument("--v-pred", action="store_true",
+                   help="the checkpoint is v-prediction (SD 2.x 768-v) whatever its config says")
+    add_text_flags(p)  # --clip-skip (the default of jobs without clip_skip), --lora, ...
     p.add_argument("--fast", action="store_true",
                    help="UNet and VAE decoder compiled with weight freezing (pww_ldm.fast): minutes "
                         "of compiling per process at the first image of each size")
@@ -81,9 +89,12 @@ def _strategy(name: str, devices: int | str, num_nodes: int, timeout_hours: floa
 def run_batch(jobs: list[Job], ckpt: str, outdir: str | Path, *, accelerator: str = "auto",
               devices: int | str = 1, num_nodes: int = 1, strategy: str = "auto",
               config: str | None = None, precision: str | None = None, threads: int | None = None,
-              progress: bool = True, timeout_hours: float = 48.0, fast: bool = False) -> Summary | None:
+              progress: bool = True, timeout_hours: float = 48.0, fast: bool = False,
+              vae: str | None = None, parameterization: str | None = None,
+              text: TextSettings | None = None) -> Summary | None:
     """Generate validated `jobs` into `outdir` with Trainer.predict; resume what exists.
 
+    vae / parameterization: as `load_model`; text: the run's LoRA, embeddings and clip-skip flags.
     Returns the merged Summary on global rank 0, None on the other ranks.
     """
     import pytorch_lightning as pl
@@ -92,7 +103,7 @@ def run_batch(jobs: list[Job], ckpt: str, outdir: str | Path, *, accelerator: st
 
     Path(outdir).mkdir(parents=True, exist_ok=True)
     module = BatchGenerator(jobs, ckpt, outdir, config=config, dtype=precision, threads=threads,
-                            fast=fast)
+                            fast=fast, vae=vae, parameterization=parameterization, text=text)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=_strategy(strategy, devices, num_nodes, timeout_hours),
                          logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 (all ok), 1 (some job failed) or 2 (bad input, nothing generated)."""
     from ..allocator import tune_malloc
     from ..paths import resolve_checkpoint
-    from ..user_errors import USER_ERRORS
+    from ..user_errors import USER_ERRORS, UsageError
 
     tune_malloc()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -163,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ckpt = resolve_checkpoint(args.ckpt)
-        jobs = validate_job_file(args.jobs, check_inputs=not args.no_input_checks)
+        if args.vae is not None and not Path(args.vae).is_file():
+            raise UsageError(f"--vae {args.vae}: no such file; pass a VAE file or leave the flag out")
+        text = TextSettings.from_args(args)
+        jobs = validate_job_file(args.jobs, check_inputs=not args.no_input_checks, text=text)
         if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
             _lock = lock_outdir(Path(args.outdir))  # noqa: F841 - kept open until exit
         if rank_zero_only.rank == 0:
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                             strategy=args.strategy, config=args.config,
                             precision=PRECISIONS[args.precision], threads=args.threads,
                             progress=not args.quiet, timeout_hours=args.timeout_hours,
-                            fast=args.fast)
+                            fast=args.fast, vae=args.vae,
+                            parameterization="v" if args.v_pred else None, text=text)
     except (JobFileError, OutdirBusyError, *USER_ERRORS) as exc:
         rank = rank_zero_only.rank
         print(f"error{f' (rank {rank})' if rank else ''}: {exc}", file=sys.stderr)
