@@ -97,6 +97,19 @@ def _run_timesteps(eps_model: CFGEpsModel, schedule: DiscreteSchedule, options: 
     return fn(eps_model, x, timesteps, schedule.alphas_cumprod, **_call(fn, kwargs))
 
 
+def _sampler_kwargs(options: SamplingOptions, extra_args: dict[str, Any],
+                    callback: Callable[[dict[str, Any]], None] | None, disable_progress: bool,
+                    noise_sampler: Any) -> dict[str, Any]:
+    """Every keyword a sampler function may take; `_call` keeps those it accepts."""
+    kwargs: dict[str, Any] = {"extra_args": extra_args, "callback": callback,
+                              "disable": True if disable_progress else None,
+                              "noise_sampler": noise_sampler, **options.spec.options,
+                              **dict(options.sampler_options)}
+    if options.eta is not None:
+        kwargs["eta"] = options.eta
+    return kwargs
+
+
 def sample_latents(
     model: Any,
     options: SamplingOptions,
@@ -141,19 +154,11 @@ def sample_latents(
         noise = noise.to(device=device, dtype=torch.float32)
     init = None if init_latent is None else init_latent.to(device=device, dtype=torch.float32)
     noise_cls = BrownianNoiseSampler if options.spec.noise == "brownian" else BatchedNoiseSampler
-    kwargs: dict[str, Any] = {
-        "extra_args": {"cond": cond.to(device), "guidance_scale": options.guidance_scale,
-                       "plugins": tuple(plugins),
-                       "uncond": None if uncond is None else uncond.to(device),
-                       **{k: v.to(device) for k, v in (model_kwargs or {}).items()}},
-        "callback": callback,
-        "disable": True if disable_progress else None,
-        "noise_sampler": noise_cls(generators, shape, device, torch.float32),
-        **options.spec.options,
-        **dict(options.sampler_options),
-    }
-    if options.eta is not None:
-        kwargs["eta"] = options.eta
+    extra_args = {"cond": cond.to(device), "guidance_scale": options.guidance_scale,
+                  "plugins": tuple(plugins), "uncond": None if uncond is None else uncond.to(device),
+                  **{k: v.to(device) for k, v in (model_kwargs or {}).items()}}
+    kwargs = _sampler_kwargs(options, extra_args, callback, disable_progress,
+                             noise_cls(generators, shape, device, torch.float32))
     schedule = DiscreteSchedule(model.alphas_cumprod).to(device)
     run = _run_k if options.spec.family == "k" else _run_timesteps
     with torch.no_grad():
