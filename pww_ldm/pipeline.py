@@ -126,6 +126,21 @@ def lora_manager(model: LatentDiffusion) -> LoraManager:
     return manager
 
 
+def _conditioning(model: LatentDiffusion, prompt: str, negative_prompt: str, guided: bool,
+                  extra_chunks: tuple[torch.Tensor, torch.Tensor] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """cond (1, 77*k, C) of the prompt (LoRA tags already out) and uncond of the negative prompt
+    (None without guidance), extra chunks appended, padded to the same number of chunks."""
+    cond = model.get_learned_conditioning([prompt])
+    uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
+    if extra_chunks is not None:  # appended after the prompt's chunks: the prompt's columns stay
+        cond = torch.cat([cond, extra_chunks[0].to(cond)], dim=1)
+        uncond = None if uncond is None else torch.cat([uncond, extra_chunks[1].to(uncond)], dim=1)
+    if uncond is not None:  # A1111: the shorter side gets the empty prompt's chunks at its end
+        cond, uncond = pad_to_same_length(model, cond, uncond)
+    return cond, uncond
+
+
 @torch.inference_mode()
 def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | None = None, *,
              negative_prompt: str = "", seed: int | None = 0, width: int = 512, height: int = 512,
@@ -161,14 +176,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
     loras = lora_manager(model)
-    cond = model.get_learned_conditioning([loras.apply_prompt(prompt)])  # <lora:...> tags out
-    guided = options.guidance_scale != 1.0
-    uncond = model.get_learned_conditioning([negative_prompt]) if guided else None
-    if extra_chunks is not None:  # appended after the prompt's chunks: the prompt's columns stay
-        cond = torch.cat([cond, extra_chunks[0].to(cond)], dim=1)
-        uncond = None if uncond is None else torch.cat([uncond, extra_chunks[1].to(uncond)], dim=1)
-    if uncond is not None:  # A1111: the shorter side gets the empty prompt's chunks at its end
-        cond, uncond = pad_to_same_length(model, cond, uncond)
+    cond, uncond = _conditioning(model, loras.apply_prompt(prompt), negative_prompt,
+                                 options.guidance_scale != 1.0, extra_chunks)
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 
