@@ -6,11 +6,15 @@ so a key-mapping mistake on our side cannot be mirrored by the oracle.
 
 from __future__ import annotations
 
+import gzip
+import importlib.resources
+
 from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
 from omegaconf import OmegaConf
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from pww_ldm.models.text_encoder import VIT_L14_TEXT
 
@@ -54,3 +58,15 @@ def transformers_clip(state_dict: dict, config: dict | None = None) -> CLIPTextM
                                                           "text_model.embeddings.position_ids"}
     assert not missing, missing
     return model.eval()
+
+
+def transformers_tokenizer() -> CLIPTokenizer:
+    """transformers' CLIPTokenizer over our shipped BPE merges, its vocabulary built by the
+    NOTICE.md rule independently of our build_vocab (bytes, bytes + </w>, merges, BOS, EOS)."""
+    gz = importlib.resources.files("pww_ldm").joinpath("data/clip/bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[1 : 48894 + 1]
+    merges = [tuple(line.split()) for line in lines]
+    symbols = list(bytes_to_unicode().values())
+    symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab = {s: i for i, s in enumerate(symbols + ["<|startoftext|>", "<|endoftext|>"])}
+    return CLIPTokenizer(vocab=vocab, merges=merges)

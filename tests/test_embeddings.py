@@ -1,14 +1,12 @@
 """Textual inversion: A1111 .pt against diffusers' load_textual_inversion on identical weights,
 the other file formats, bad files, and embedding names as region labels."""
 
-import gzip
-import importlib.resources
 import os
 import pickle
 
 import pytest
 import torch
-from oracle import transformers_clip
+from oracle import transformers_clip, transformers_tokenizer
 from safetensors.torch import save_file
 from tiny import TINY_CLIP, randomize_
 
@@ -35,19 +33,6 @@ def vectors():
     return torch.randn(3, WIDTH, generator=torch.Generator().manual_seed(7))
 
 
-def hf_tokenizer():
-    transformers = pytest.importorskip("transformers")
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    gz = importlib.resources.files("pww_ldm").joinpath("data/clip/bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[1 : 48894 + 1]
-    merges = [tuple(line.split()) for line in lines]
-    symbols = list(bytes_to_unicode().values())
-    symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    vocab = {s: i for i, s in enumerate(symbols + ["<|startoftext|>", "<|endoftext|>"])}
-    return transformers.CLIPTokenizer(vocab=vocab, merges=merges)
-
-
 def diffusers_encoding(encoder, path, prompt: str) -> torch.Tensor:
     from diffusers.loaders import TextualInversionLoaderMixin
 
@@ -58,7 +43,7 @@ def diffusers_encoding(encoder, path, prompt: str) -> torch.Tensor:
             self.tokenizer, self.text_encoder = tokenizer, text_encoder
             self.components = {"tokenizer": tokenizer, "text_encoder": text_encoder}
 
-    tokenizer = hf_tokenizer()
+    tokenizer = transformers_tokenizer()
     text_encoder = transformers_clip(
         {"cond_stage_model." + k: v for k, v in encoder.state_dict().items()}, TINY_CLIP)
     holder = Holder(tokenizer, text_encoder)

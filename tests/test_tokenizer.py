@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from oracle import transformers_tokenizer
 
 from pww_ldm.models.tokenizer import (
     BOS_ID,
@@ -38,22 +39,9 @@ def ours() -> CLIPBPETokenizer:
 
 @pytest.fixture(scope="module")
 def oracle():
-    transformers = pytest.importorskip("transformers")
-    # The NOTICE.md rule, built independently of our build_vocab.
-    import gzip
-    import importlib.resources
-
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    gz = importlib.resources.files("pww_ldm").joinpath("data/clip/bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[1 : 48894 + 1]
-    merges = [tuple(line.split()) for line in lines]
-    symbols = list(bytes_to_unicode().values())
-    symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    symbols += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {s: i for i, s in enumerate(symbols)}
-    assert len(vocab) == VOCAB_SIZE
-    return transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer = transformers_tokenizer()
+    assert len(tokenizer.get_vocab()) == VOCAB_SIZE
+    return tokenizer
 
 
 def test_vocab_size_and_known_ids(ours: CLIPBPETokenizer) -> None:
