@@ -17,6 +17,10 @@ Sections, in this order (all by default; random weights, no checkpoint needed):
              the same sigmas and CFG batch 2, each in a fresh process: time, phases, peak memory
              (peak RSS on the CPU; the CUDA allocator's peak); CUDA runs once untimed first
   alloc      (CPU) the step with and without pww_ldm's malloc tuning, each in a fresh process
+  fast       (--fast) pww_ldm.fast's compiled UNet step (PwW on) against the eager
+             model and diffusers, with the compile time and the max abs difference to eager
+  profile    (--profile) self CPU time per operator class of one CFG step (PwW on) and one
+             decode, GFLOP/s per class, and a 2048^3 GEMM's fp32 / bf16 peak measured in the run
 Timings: warm-up (the first run under torch's FlopCounterMode, which gives the GFLOP), device
 synchronisation, the median of --repeats runs, comparable cases interleaved run by run. Prints
 markdown tables (machine, rows, key ratios against their targets) and writes JSON to
@@ -38,7 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from bench_fast import section_fast  # noqa: E402
 from bench_models import DTYPES, build_diffusers, build_ours, region_context, unet_inputs  # noqa: E402
+from bench_profile import section_profile  # noqa: E402
 from bench_sections import (  # noqa: E402
     baseline_step,
     section_alloc,
@@ -61,7 +67,8 @@ from bench_util import (  # noqa: E402
 
 from pww_ldm.allocator import tune_malloc  # noqa: E402
 
-SECTIONS = ("unet", "precision", "vae", "kernels", "compile", "txt2img", "alloc")
+SECTIONS = ("unet", "precision", "vae", "kernels", "compile", "fast", "profile", "txt2img", "alloc")
+IN_PROCESS = ("unet", "precision", "vae", "kernels", "compile", "fast", "profile")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -80,6 +87,8 @@ class Bench:
         name = f"{args.device}_{args.dtype}" + ("_quick" if args.quick else f"_{stamp}")
         self.path = Path(args.out) if args.out else RESULTS / f"{name}.json"
         self.started = time.time()
+        self.profile: dict[str, Any] = {}
+        self.profile_markdown = ""
 
     def add(self, row: Row) -> Row:
         """Record a row and print it as it comes."""
@@ -105,7 +114,7 @@ class Bench:
             "machine": self.info, "args": vars(self.args), "device": str(self.device),
             "elapsed_s": time.time() - self.started, "loadavg_now": list(os.getloadavg()),
             "rows": rows_as_dicts(self.rows),
-            "ratios": self.ratios})
+            "ratios": self.ratios, "profile": self.profile})
 
 
 def guarded(b: Bench, name: str, fn: Any, *args: Any) -> None:
@@ -140,8 +149,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-untiled", action="store_true",
                    help="skip ours' untiled decode at the largest VAE size")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd UNets")
+    p.add_argument("--fast", action="store_true",
+                   help="also time pww_ldm.fast (inductor + weight freezing) against eager and diffusers")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one CFG step and one decode per operator class")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads, here and in the worker processes (default: torch's)")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("fp16" if cuda else "fp32")
@@ -157,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vae_sizes = "128,256" if args.quick else "512,1024"
     args.vae_sizes = [int(x) for x in (args.vae_sizes or vae_sizes).split(",")]
     # malloc tuning concerns host memory only: the alloc section runs on the CPU by default
-    default = [s for s in SECTIONS if (s != "compile" or args.compile) and (s != "alloc" or not cuda)]
+    optional = {"compile": args.compile, "fast": args.fast, "profile": args.profile, "alloc": not cuda}
+    default = [s for s in SECTIONS if optional.get(s, True)]
     chosen = args.only.split(",") if args.only else default
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -169,19 +185,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print the tables, write the JSON; returns the exit code."""
     args = parse_args(argv)
+    if args.threads:  # a fixed count: on a shared CPU, ratios at torch's default are noisier
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the fresh-process sections too
     tune_malloc()  # as the entry points do (importing pww_ldm leaves the allocator alone)
     torch.manual_seed(0)
     b = Bench(args)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in b.info.items()), flush=True)
-    in_process = [s for s in ("unet", "precision", "vae", "kernels", "compile") if s in args.sections]
+    in_process = [s for s in IN_PROCESS if s in args.sections]
     if in_process:
         model, cfg = build_ours(args.quick, b.device, b.dtype)
-        dunet, dvae = build_diffusers(model, cfg, b.device, b.dtype)
+        # the profile alone needs no diffusers models (and their ~4 GB of weights)
+        dunet, dvae = (build_diffusers(model, cfg, b.device, b.dtype) if in_process != ["profile"]
+                       else (None, None))
         ctx = {"model": model, "unet": model.model.diffusion_model, "dunet": dunet, "dvae": dvae,
                "inputs": unet_inputs(model, args.latent),
                "regions": region_context(model, args.latent * 8, args.latent * 8)}
         funcs = {"unet": section_unet, "kernels": section_kernels, "precision": section_precision,
-                 "compile": section_compile, "vae": section_vae}
+                 "compile": section_compile, "vae": section_vae, "fast": section_fast,
+                 "profile": section_profile}
         if "unet" not in args.sections and {"precision", "kernels"} & set(args.sections):
             baseline_step(b, ctx)  # the fp32/fp16 step those sections compare with
         for name in in_process:
@@ -202,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k}: {v}" for k, v in b.info.items()) + "\n")
     print(markdown_table(b.rows) + "\n")
     print(ratio_table(b.ratios) + "\n")
+    if b.profile_markdown:
+        print(f"### where the time goes (GEMM peak GFLOP/s: {b.info.get('gemm_peak_gflops')})\n")
+        print(b.profile_markdown + "\n")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"total {time.time() - b.started:.0f} s; load average at the end {load}; JSON: {b.path}")
     return 0

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from pww_ldm.fast import auto_precision, cpu_flags
+
 
 @dataclass
 class Row:
@@ -176,21 +178,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where unavailable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_bf16() -> bool:
-    """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    """Whether the CPU has native bf16 instructions (what `--precision auto` decides on)."""
+    return auto_precision("cpu")[0] == "bf16"
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -205,6 +195,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],  # other work on a shared box
+        "precision_auto": auto_precision(device)[1],
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -63,8 +63,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (slow first image, faster steps after)")
     p.add_argument("--fast", action="store_true",
-                   help="UNet and VAE decoder compiled with weight freezing (pww_ldm.fast): minutes "
-                        "of compiling at the first image of each size")
+                   help="UNet compiled with weight freezing (pww_ldm.fast): minutes of compiling "
+                        "at the first image of each size")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--vae", type=str, default=None,
                    help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")

@@ -199,8 +199,8 @@ def load_model(path: str | os.PathLike, config: Any = None, device: str | torch.
     vae: a VAE file (.vae.pt, .vae.safetensors, or a whole-model .ckpt whose first_stage_model
     is taken) replacing the checkpoint's. parameterization: "eps" or "v", overriding the
     config's and the inference (an inferred SD 2.x is v when the file has a `v_pred` key or
-    `looks_like_v_prediction` says so). fast: `pww_ldm.fast.enable_fast` (UNet and VAE decoder
-    compiled with inductor weight freezing; minutes of compiling at the first call of each size).
+    `looks_like_v_prediction` says so). fast: `pww_ldm.fast.enable_fast` (the UNet compiled with
+    inductor weight freezing; minutes of compiling at the first call of each image size).
     The model's `checkpoint_path` is the file's absolute path and `vae_path` the VAE's (or None)
     (infotext.model_settings names them in PNG metadata); `family` says what was inferred.
     """

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the checkpoint is v-prediction (SD 2.x 768-v) whatever its config says")
     add_text_flags(p)  # --clip-skip (the default of jobs without clip_skip), --lora, ...
     p.add_argument("--fast", action="store_true",
-                   help="UNet and VAE decoder compiled with weight freezing (pww_ldm.fast): minutes "
-                        "of compiling per process at the first image of each size")
+                   help="UNet compiled with weight freezing (pww_ldm.fast): minutes of compiling "
+                        "per process at the first image of each size")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: cores / processes). On CPU, "
                         "images are byte-identical across process counts only at the same "
