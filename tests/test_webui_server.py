@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "benchmarks" / "results" / "webui.png"
 DEMO_MAP = str(DEMO_DIR / "demo_map.png")
 PROMPT = "a red circle, a blue square and a yellow star with sky and ground"
-ROWS = [["#ffffff", 62.7, "", 1.0, -1, 0.0, 0.0, 0],
-        ["#dc1e1e", 13.5, "red circle", 1.0, -1, 0.0, 0.0, 0],
-        ["#1e3cdc", 12.4, "blue square", 1.0, -1, 0.0, 0.0, 0],
-        ["#f5d71e", 11.5, "yellow star", 1.0, -1, 0.0, 0.0, 0]]
+ROWS = [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],
+        ["#dc1e1e", "red circle", 1.0, -1, 0.0, 0.0, 0],
+        ["#1e3cdc", "blue square", 1.0, -1, 0.0, 0.0, 0],
+        ["#f5d71e", "yellow star", 1.0, -1, 0.0, 0.0, 0]]
 
 
 def _free_port() -> int:
@@ -92,8 +92,8 @@ def test_generate_returns_the_asked_size_differing_from_no_pww_and_reopens(serve
 @pytest.mark.parametrize("settings, message", [
     (dict(width=100), "width and height must be positive multiples of 8"),
     (dict(prompt="a red circle"), "label 'blue square'.*is not in the prompt"),
-    (dict(rows=[[*r[:2], "", *r[3:]] for r in ROWS]), "nothing to paint"),
-    (dict(rows=[[*ROWS[1][:3], "heavy", *ROWS[1][4:]]]), "row 1 \\(weight\\)"),
+    (dict(rows=[[r[0], "", *r[2:]] for r in ROWS]), "nothing to paint"),
+    (dict(rows=[[*ROWS[1][:2], "heavy", *ROWS[1][3:]]]), "row 1 \\(weight\\)"),
     (dict(sampler="Euler b"), "Euler b"),
     (dict(model="/etc/passwd"), "not in the list of choices"),  # no client-named paths
 ])
@@ -132,7 +132,9 @@ def test_stop_interrupts_between_steps_and_writes_nothing(server, client):
     before = _samples(server)
     started = time.perf_counter()
     _, job = _generate(client, steps=400, compare=False)
-    while job.status().code.name != "PROCESSING":
+    deadline = time.perf_counter() + 60
+    while job.status().code.name not in ("PROCESSING", "PROGRESS", "ITERATING", "FINISHED"):
+        assert time.perf_counter() < deadline, f"the job never started: {job.status()}"
         time.sleep(0.1)
     time.sleep(1.0)
     client.predict(api_name="/stop")  # the same client: the same session as the job
@@ -156,16 +158,22 @@ def _paint_strokes(page) -> None:
         page.keyboard.press("Escape")
         page.mouse.move(cx - 90, cy + dy)
         page.mouse.down()
-        page.mouse.move(cx + 90, cy + dy, steps=10)
+        page.mouse.move(cx + 90, cy + dy, steps=5)
         page.mouse.up()
 
 
 def _type_labels(page) -> None:
-    table = page.locator("#pww-table")
+    table, legend = page.locator("#pww-table"), page.locator("#pww-legend")
     for color, label in (("#dc1e1e", "red circle"), ("#1e3cdc", "blue square")):
-        table.locator("div[role=row]", has_text=color).locator("[data-col='2']").dblclick()
+        cell = table.locator("div[role=row]", has_text=color).locator("[data-col='1']")
+        cell.dblclick()
         page.keyboard.type(label)
         page.keyboard.press("Enter")
+        try:  # the legend confirms the label is a word of the prompt
+            legend.locator(f"li[data-color='{color}']", has_text=f"✓ {label}").wait_for(timeout=30000)
+        except Exception:
+            pytest.fail(f"label {label!r} not confirmed; legend: {legend.inner_text()!r}; "
+                        f"table: {table.inner_text()!r}")
 
 
 @pytest.mark.slow
@@ -189,16 +197,18 @@ def test_browser_paints_labels_generates_and_screenshots(server):
         page.fill("#pww-prompt textarea", "a red circle and a blue square")
         page.fill("#pww-steps input", "10")
         _type_labels(page)
-        for color, label in (("#dc1e1e", "red circle"), ("#1e3cdc", "blue square")):
-            legend.locator(f"li[data-color='{color}']", has_text=f"✓ {label}").wait_for(timeout=20000)
         started = time.perf_counter()
         page.click("#pww-generate")
-        page.locator("#pww-gallery img").first.wait_for(timeout=60000)
+        page.wait_for_function("() => { const im = document.querySelector('#pww-gallery img');"
+                               " return im && im.complete && im.naturalWidth > 0; }", timeout=60000)
         print(f"click to image: {time.perf_counter() - started:.1f} s")
+        shown = page.locator("#pww-gallery img").first.evaluate("im => [im.naturalWidth, im.naturalHeight]")
+        page.wait_for_timeout(500)  # let the gallery lay the image out before the screenshot
         table_text = page.locator("#pww-table").inner_text()
         info = page.locator("#pww-info textarea").input_value()
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
+    assert shown == [3 * 128, 128]  # map | without PwW | with PwW at the demo's 128 x 128 px
     assert "#dc1e1e" in table_text and "#1e3cdc" in table_text
     assert '"label": "red circle"' in info and '"label": "blue square"' in info and "Steps: 10," in info

@@ -68,35 +68,36 @@ def test_color_shares_and_upload_palette():
 
 
 def test_region_table_round_trips_through_json_and_yaml():
-    rows = [["#ffffff", 60.0, "", 1.0, -1, 0.0, 0.0, 0],
-            ["#dc1e1e", 30.0, "red circle", 1.5, 7, 2.0, -0.5, 2],
-            ["#1e3cdc", 10.0, "blue square", 1.0, -1, 0.0, 0.0, 0]]
+    rows = [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],
+            ["#dc1e1e", "red circle", 1.5, 7, 2.0, -0.5, 2],
+            ["#1e3cdc", "blue square", 1.0, -1, 0.0, 0.0, 0]]
     records = regions.records_from_rows(rows)
     assert records[0] == {"color": "#dc1e1e", "label": "red circle", "weight": 1.5, "seed": 7,
                           "blur": 2.0, "outside": -0.5, "occurrence": 2}
     assert records[1]["seed"] is None and records[1]["occurrence"] is None
-    shares = {"#ffffff": 0.6, "#dc1e1e": 0.3, "#1e3cdc": 0.1}
     for fmt in ("json", "yaml"):
-        back = regions.rows_from_regions(regions.loads(regions.dumps(records, fmt)), shares)
+        back = regions.rows_from_regions(regions.loads(regions.dumps(records, fmt)))
         assert back == rows[1:]
 
 
 def test_table_keeps_typed_labels_and_merges_uploads():
-    previous = [["#dc1e1e", 50.0, "red circle", 2.0, -1, 0.0, 0.0, 0]]
-    table = regions.table_for_map([("#ffffff", 0.75), ("#dc1e1e", 0.25)], previous)
-    assert table == [["#ffffff", 75.0, "", 1.0, -1, 0.0, 0.0, 0],
-                     ["#dc1e1e", 25.0, "red circle", 2.0, -1, 0.0, 0.0, 0]]
-    uploaded = regions.rows_from_regions(regions.loads('{"#ffffff": "sky,0.5", "#00ff00": "tree"}'), {})
+    previous = [["#dc1e1e", "red circle", 2.0, -1, 0.0, 0.0, 0], ["#000000", "cat", 1.0, -1, 0, 0, 0]]
+    # rows keep their place (a row being typed in never moves); new colours come after; black,
+    # gone from the map, is dropped
+    table = regions.table_for_map(["#ffffff", "#dc1e1e"], previous)
+    assert table == [["#dc1e1e", "red circle", 2.0, -1, 0.0, 0.0, 0],
+                     ["#ffffff", "", 1.0, -1, 0.0, 0.0, 0]]
+    uploaded = regions.rows_from_regions(regions.loads('{"#ffffff": "sky,0.5", "#00ff00": "tree"}'))
     merged = regions.merge_uploaded(table, uploaded)
-    assert merged[0] == ["#ffffff", 75.0, "sky", 0.5, -1, 0.0, 0.0, 0]
-    assert merged[2][:3] == ["#00ff00", 0.0, "tree"]
+    assert merged[1] == ["#ffffff", "sky", 0.5, -1, 0.0, 0.0, 0]
+    assert merged[2][:2] == ["#00ff00", "tree"]
 
 
 @pytest.mark.parametrize("row, message", [
-    (["#dc1e1e", 1, "cat", "heavy", -1, 0, 0, 0], "row 1 \\(weight\\): 'heavy' is not a number"),
-    (["#dc1e1e", 1, "cat", 1, 1.5, 0, 0, 0], "row 1 \\(seed\\).*whole number"),
-    (["#dc1e1e", 1, "cat", 1, -1, -2, 0, 0], "row 1: .*blur must be >= 0"),
-    (["red", 1, "cat", 1, -1, 0, 0, 0], "row 1: bad colour"),
+    (["#dc1e1e", "cat", "heavy", -1, 0, 0, 0], "row 1 \\(weight\\): 'heavy' is not a number"),
+    (["#dc1e1e", "cat", 1, 1.5, 0, 0, 0], "row 1 \\(seed\\).*whole number"),
+    (["#dc1e1e", "cat", 1, -1, -2, 0, 0], "row 1: .*blur must be >= 0"),
+    (["red", "cat", 1, -1, 0, 0, 0], "row 1: bad colour"),
 ])
 def test_bad_rows_name_the_row_and_the_field(row, message):
     with pytest.raises(regions.RegionTableError, match=message):
@@ -110,14 +111,16 @@ def test_bad_uploaded_region_files_give_a_message():
 
 
 def test_labels_not_in_the_prompt_are_flagged_before_anything_runs():
-    rows = [["#dc1e1e", 50.0, "red circle", 1, -1, 0, 0, 0], ["#1e3cdc", 50.0, "cat", 1, -1, 0, 0, 0],
-            ["#00ff00", 0.0, "blue", 1, -1, 0, 0, 0]]
-    problems = regions.label_problems("a red circle and a blue square", rows, get_tokenizer())
+    rows = [["#dc1e1e", "red circle", 1, -1, 0, 0, 0], ["#1e3cdc", "cat", 1, -1, 0, 0, 0],
+            ["#00ff00", "blue", 1, -1, 0, 0, 0]]
+    shares = {"#dc1e1e": 0.5, "#1e3cdc": 0.5}
+    problems = regions.label_problems("a red circle and a blue square", rows, get_tokenizer(), shares)
     assert set(problems) == {"#1e3cdc", "#00ff00"}
     assert "not in the prompt" in problems["#1e3cdc"]
     assert problems["#00ff00"] == "this colour is not in the map"
-    report = regions.label_report("a red circle", rows, get_tokenizer())
+    report = regions.label_report("a red circle", rows, get_tokenizer(), shares)
     assert "1:a" in report and "2:red" in report and "3:circle" in report
+    assert "<code>#dc1e1e</code> 50.0%" in report
 
 
 def _png(tmp_path, rgb_map, records):
@@ -139,8 +142,9 @@ def test_png_reopen_gives_back_settings_regions_and_the_exact_map(tmp_path):
     assert meta["prompt"] == "a red circle" and meta["negative_prompt"] == "blurry"
     assert meta["settings"]["seed"] == 1234 and meta["settings"]["sampler"] == "DDIM"
     assert (meta["map"] == rgb_map).all()
-    assert meta["rows"] == [["#ffffff", 85.9, "", 1.0, -1, 0.0, 0.0, 0],  # 110 of 128 px
-                            ["#dc1e1e", 14.1, "red circle", 1.0, -1, 0.0, 0.0, 0]]  # 3 x 6 px
+    assert meta["rows"] == [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],  # most pixels first
+                            ["#dc1e1e", "red circle", 1.0, -1, 0.0, 0.0, 0]]
+    assert handlers.shares_of(meta["map"]) == {"#ffffff": 110 / 128, "#dc1e1e": 18 / 128}  # 3 x 6 px
 
 
 def test_png_reopen_reads_a1111_parameters_without_a_pww_chunk():

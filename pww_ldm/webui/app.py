@@ -19,7 +19,7 @@ CSS = """
 .pww-swatch {display:inline-block; width:1.1em; height:1.1em; border:1px solid #888;
              vertical-align:middle}
 .pww-legend {list-style:none; padding-left:0; margin:0} .pww-bad {color:#c00}
-.pww-tokens code {margin-right:2px}
+.pww-tokens code {margin-right:2px} .pww-hidden {display:none !important}
 """
 
 
@@ -34,6 +34,7 @@ def _paint_column(ui: UI) -> dict[str, Any]:
                            color_mode="fixed", default_size=max(2, ui.start["width"] // 16)),
             eraser=gr.Eraser(default_size=max(2, ui.start["width"] // 16)),
             elem_id="pww-editor", height=420)
+        c["refresh"] = gr.Button("read the map", elem_id="pww-refresh", elem_classes=["pww-hidden"])
         with gr.Row():
             c["clear"] = gr.Button("Clear map", elem_id="pww-clear")
             c["upload_map"] = gr.UploadButton("Upload map", file_types=["image"], elem_id="pww-upload-map")
@@ -54,7 +55,7 @@ def _regions_column(ui: UI) -> dict[str, Any]:
     c["legend"] = gr.HTML(ui.start_legend(), elem_id="pww-legend")
     c["table"] = gr.Dataframe(value=ui.start_rows(), headers=regions.HEADERS,
                               datatype=regions.DATATYPES, type="array", interactive=True,
-                              static_columns=[0, 1],
+                              static_columns=[0],
                               label="regions (edit label, weight, seed, blur, outside, occurrence)",
                               elem_id="pww-table")
     with gr.Row():
@@ -110,7 +111,7 @@ def build_app(ui: UI) -> gr.Blocks:
                 c.update(_regions_column(ui))
             with gr.Column(scale=1):
                 c.update(_settings_column(ui))
-        ui.wire(c)
+        ui.wire(c, app)
     return app
 
 

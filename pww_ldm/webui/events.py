@@ -67,72 +67,89 @@ class UI:
 
     def start_rows(self) -> list[list]:
         """Rows of the opening map with the opening scene's labels."""
-        qmap = self.start_map()
-        shares = dict(handlers.palette.color_shares(qmap))
-        listed = regions.rows_from_regions(regions.loads(regions.dumps(self.start["regions"])), shares)
-        return regions.merge_uploaded(regions.table_for_map(shares.items(), None), listed)
+        colors = list(handlers.shares_of(self.start_map()))
+        listed = regions.rows_from_regions(regions.loads(regions.dumps(self.start["regions"])))
+        return regions.merge_uploaded(regions.table_for_map(colors, None), listed)
 
     def start_legend(self) -> str:
         """Legend HTML of the opening scene."""
-        return regions.label_report(self.start["prompt"], self.start_rows(), self.tokenizer)
+        return regions.label_report(self.start["prompt"], self.start_rows(), self.tokenizer,
+                                    handlers.shares_of(self.start_map()))
 
     # -- painting and the table
     def on_editor(self, value: dict | None, extra: list[str], rows: list[list], prompt: str,
-                  width: Any, height: Any) -> tuple[np.ndarray, list[list], str]:
-        """Editor changed: quantise, list the colours, check the labels."""
+                  width: Any, height: Any) -> tuple[Any, ...]:
+        """Editor changed: (quantised map, table rows). The table is sent only when its colours
+        changed, so a label typed while this ran is never overwritten."""
         qmap = handlers.quantized(value, extra, _int(width, "width"), _int(height, "height"))
-        return (qmap, *handlers.refresh(qmap, rows, prompt, self.tokenizer))
+        table, _ = handlers.refresh(qmap, rows, prompt or "", self.tokenizer)
+        same = [r[0] for r in table] == [str(r[0]).lower() for r in rows or []]
+        return qmap, gr.skip() if same else table
 
-    def on_labels(self, prompt: str, rows: list[list]) -> str:
+    def on_labels(self, prompt: str, rows: list[list], qmap: np.ndarray | None) -> str:
         """Prompt or table edited: flag labels that are not in the prompt."""
-        return regions.label_report(prompt or "", rows or [], self.tokenizer)
+        return regions.label_report(prompt or "", rows or [], self.tokenizer, handlers.shares_of(qmap))
+
+    def show(self, qmap: np.ndarray, rows: list[list] | None, prompt: str) -> tuple[Any, ...]:
+        """(editor value, quantised map, table rows, legend) for a map set by the server."""
+        return (handlers.editor_value(qmap), qmap,
+                *handlers.refresh(qmap, rows, prompt or "", self.tokenizer))
 
     def on_clear(self, width: Any, height: Any, prompt: str) -> tuple[Any, ...]:
-        """A blank map (the background colour), the brush palette only, an empty table."""
+        """A blank map (the background colour), the brush palette only, an empty table:
+        (editor, extra colours, quantised map, rows, legend)."""
         blank = handlers.palette.blank_map(_int(width, "width"), _int(height, "height"))
-        return (handlers.editor_value(blank), [], blank,
-                *handlers.refresh(blank, None, prompt or "", self.tokenizer))
+        editor, *rest = self.show(blank, None, prompt)
+        return editor, [], *rest
 
-    def on_upload_map(self, path: str, width: Any, height: Any) -> tuple[dict, list]:
-        """An uploaded map, resized (nearest) to the image size; its colours join the palette."""
+    def on_upload_map(self, path: str, width: Any, height: Any, rows: list[list], prompt: str
+                      ) -> tuple[Any, ...]:
+        """An uploaded map, resized (nearest) to the image size; its colours join the palette:
+        (editor, extra colours, quantised map, rows, legend)."""
         rgb, extra = handlers.upload_map(path, _int(width, "width"), _int(height, "height"))
-        return handlers.editor_value(rgb), extra
+        editor, *rest = self.show(handlers.palette.quantize(rgb, handlers.active_palette(extra)),
+                                  rows, prompt)
+        return editor, extra, *rest
 
-    def on_size(self, qmap: np.ndarray | None, width: Any, height: Any) -> dict:
+    def on_size(self, qmap: np.ndarray | None, width: Any, height: Any, rows: list[list],
+                prompt: str) -> tuple[Any, ...]:
         """Width/height entered: the map follows (nearest), so the canvas is the image's size."""
         w, h = _int(width, "width"), _int(height, "height")
         check_size(w, h)
         base = qmap if qmap is not None else handlers.palette.blank_map(w, h)
-        return handlers.editor_value(handlers.palette.fit_map(Image.fromarray(base), w, h))
+        return self.show(handlers.palette.fit_map(Image.fromarray(base), w, h), rows, prompt)
 
-    def on_fill(self, qmap: np.ndarray, color: str, evt: gr.SelectData) -> dict:
+    def on_fill(self, qmap: np.ndarray, color: str, rows: list[list], prompt: str,
+                evt: gr.SelectData) -> tuple[Any, ...]:
         """Click on the quantised map: flood fill there with the fill colour."""
         x, y = evt.index
-        return handlers.editor_value(handlers.fill(qmap, x, y, color))
+        return self.show(handlers.fill(qmap, x, y, color), rows, prompt)
 
     def on_export(self, rows: list[list], fmt: str) -> str:
         """The labelled rows as a file to download."""
         return str(handlers.export_table(rows, fmt, tempfile.mkdtemp(dir=self.downloads)))
 
-    def on_import(self, path: str, rows: list[list], prompt: str) -> tuple[list[list], str]:
+    def on_import(self, path: str, rows: list[list], prompt: str, qmap: np.ndarray | None
+                  ) -> tuple[list[list], str]:
         """An uploaded region file applied to the table."""
         merged = handlers.import_table(path, rows)
-        return merged, regions.label_report(prompt, merged, self.tokenizer)
+        return merged, regions.label_report(prompt, merged, self.tokenizer, handlers.shares_of(qmap))
 
     def on_reopen(self, path: str | None) -> list[Any]:
         """A dropped PNG: every setting, the map and the table come back."""
         if path is None:
-            return [gr.skip()] * (len(OUT) + 4)
+            return [gr.skip()] * (len(OUT) + 5)
         meta = handlers.reopen(path)
         s = meta.get("settings", {})
         values = {"prompt": meta.get("prompt", ""), "negative_prompt": meta.get("negative_prompt", "")}
         values.update({k: s[k] for k in OUT if s.get(k) is not None})
         out = [values.get(k, gr.skip()) for k in OUT]
         if "map" not in meta:
-            return out + [gr.skip()] * 4
+            return out + [gr.skip()] * 5
         extra = handlers.palette.upload_palette(meta["map"])
-        legend = regions.label_report(values["prompt"], meta["rows"], self.tokenizer)
-        return out + [handlers.editor_value(meta["map"]), extra, meta["rows"], legend]
+        legend = regions.label_report(values["prompt"], meta["rows"], self.tokenizer,
+                                      handlers.shares_of(meta["map"]))
+        return out + [handlers.editor_value(meta["map"]), extra, meta["map"], meta["rows"], legend]
 
     # -- generation
     def request(self, model: str, prompt: str, negative_prompt: str, editor: dict | None,
@@ -197,8 +214,8 @@ class UI:
         if stop is not None:
             stop.set()
 
-    def wire(self, c: dict[str, Any]) -> None:
-        """Connect the components' events to the handlers."""
+    def wire(self, c: dict[str, Any], app: Any) -> None:
+        """Connect the components' events (and the page load of `app`) to the handlers."""
         from .wiring import wire
 
-        wire(self, c)
+        wire(self, c, app)

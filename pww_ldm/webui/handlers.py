@@ -53,11 +53,17 @@ def quantized(value: dict[str, Any] | None, extra: list[str] | None, width: int,
     return palette.quantize(painted_map(value, width, height), active_palette(extra))
 
 
+def shares_of(qmap: np.ndarray | None) -> dict[str, float]:
+    """{hex: share of pixels} of a map (empty for none)."""
+    return {} if qmap is None else dict(palette.color_shares(np.asarray(qmap)[..., :3]))
+
+
 def refresh(qmap: np.ndarray, rows: list[list] | None, prompt: str, tokenizer: Tokenizer
             ) -> tuple[list[list], str]:
     """(table rows for the map's colours, legend HTML) after the map changed."""
-    table = regions.table_for_map(palette.color_shares(qmap), rows)
-    return table, regions.label_report(prompt, table, tokenizer)
+    shares = shares_of(qmap)
+    table = regions.table_for_map(list(shares), rows)
+    return table, regions.label_report(prompt, table, tokenizer, shares)
 
 
 def open_upload(path: str | os.PathLike) -> Image.Image:
@@ -98,7 +104,7 @@ def import_table(path: str | os.PathLike, rows: list[list]) -> list[list]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise regions.RegionTableError(f"{path.name} is not a text file (JSON or YAML)") from None
-    uploaded = regions.rows_from_regions(regions.loads(text), {})
+    uploaded = regions.rows_from_regions(regions.loads(text))
     return regions.merge_uploaded(rows, uploaded)
 
 
@@ -117,7 +123,7 @@ def reopen(path: str | os.PathLike) -> dict[str, Any]:
         raise UploadError(f"{path.name}: larger than 20 MB")
     meta = read_png(path.read_bytes())
     if "regions" in meta and "map" in meta:
-        shares = dict(palette.color_shares(meta["map"]))
-        listed = regions.rows_from_regions(regions.loads(json.dumps(meta["regions"])), shares)
-        meta["rows"] = regions.merge_uploaded(regions.table_for_map(shares.items(), None), listed)
+        listed = regions.rows_from_regions(regions.loads(json.dumps(meta["regions"])))
+        meta["rows"] = regions.merge_uploaded(regions.table_for_map(list(shares_of(meta["map"])), None),
+                                              listed)
     return meta

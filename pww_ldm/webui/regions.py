@@ -1,8 +1,9 @@
 """The region table of the page <-> the colour-context records the scripts read (JSON / YAML).
 
-A table row is [colour, share %, label, weight, seed, blur, outside, occurrence]; seed -1 means
-"the global seed" and occurrence 0 "every occurrence", because a table cell cannot hold null.
-Rows with an empty label are colours the user has not named: they paint nothing.
+A table row is [colour, label, weight, seed, blur, outside, occurrence]; seed -1 means "the
+global seed" and occurrence 0 "every occurrence", because a table cell cannot hold null. Rows with
+an empty label are colours the user has not named: they paint nothing. Pixel shares are shown in
+the legend above the table, not in it, so repainting never rewrites a row the user is typing in.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from ..region import LabelNotInPromptError, Region, RegionError, label_positions
 from ..region.parse import hex_color
 from ..region.tokens import Tokenizer
 
-HEADERS = ["colour", "share %", "label", "weight", "seed", "blur", "outside", "occurrence"]
-DATATYPES = ["str", "number", "str", "number", "number", "number", "number", "number"]
+HEADERS = ["colour", "label", "weight", "seed", "blur", "outside", "occurrence"]
+DATATYPES = ["str", "str", "number", "number", "number", "number", "number"]
 Row = list[Any]
 
 
@@ -37,21 +38,19 @@ def _number(value: Any, name: str, row: int, integer: bool = False) -> float:
     return number
 
 
-def new_row(color: str, share: float, label: str = "") -> Row:
+def new_row(color: str, label: str = "") -> Row:
     """A row with the defaults: weight 1, global seed, no blur, no outside weight, all occurrences."""
-    return [color, round(100.0 * share, 1), label, 1.0, -1, 0.0, 0.0, 0]
+    return [color, label, 1.0, -1, 0.0, 0.0, 0]
 
 
-def table_for_map(shares: Sequence[tuple[str, float]], previous: Sequence[Row] | None) -> list[Row]:
-    """Rows for the colours of a map (shares from palette.color_shares), keeping what the user
-    already typed for a colour (label, weight, options); colours gone from the map are dropped."""
-    known = {str(r[0]).lower(): list(r) for r in previous or [] if r and r[0]}
-    rows = []
-    for color, share in shares:
-        row = known.get(color, new_row(color, share))
-        row[1] = round(100.0 * share, 1)
-        rows.append(row)
-    return rows
+def table_for_map(colors: Sequence[str], previous: Sequence[Row] | None) -> list[Row]:
+    """Rows for the colours of a map: the previous rows of colours still present, in their order
+    and with what the user typed, then the new colours in the given order; colours gone from the
+    map are dropped."""
+    present = set(colors)
+    rows = [list(r) for r in previous or [] if r and str(r[0]).lower() in present]
+    listed = {str(r[0]).lower() for r in rows}
+    return rows + [new_row(c) for c in colors if c not in listed]
 
 
 def records_from_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -60,7 +59,7 @@ def records_from_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     for i, row in enumerate(rows, start=1):
         if len(row) != len(HEADERS):
             raise RegionTableError(f"region table row {i} has {len(row)} cells; expected {HEADERS}")
-        color, _, label, weight, seed, blur, outside, occurrence = row
+        color, label, weight, seed, blur, outside, occurrence = row
         label = "" if label is None else str(label).strip()
         if not label:
             continue
@@ -78,24 +77,20 @@ def records_from_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return records
 
 
-def rows_from_regions(regions: Sequence[Region], shares: dict[str, float]) -> list[Row]:
-    """Rows of parsed regions; share from `shares` (hex -> share in [0, 1]), 0 if absent."""
-    rows = []
-    for r in regions:
-        color = hex_color(r.color)
-        rows.append([color, round(100.0 * shares.get(color, 0.0), 1), r.label, r.weight,
-                     -1 if r.seed is None else r.seed, r.blur, r.outside, r.occurrence or 0])
-    return rows
+def rows_from_regions(regions: Sequence[Region]) -> list[Row]:
+    """Rows of parsed regions."""
+    return [[hex_color(r.color), r.label, r.weight, -1 if r.seed is None else r.seed, r.blur,
+             r.outside, r.occurrence or 0] for r in regions]
 
 
 def merge_uploaded(rows: Sequence[Row], uploaded: Sequence[Row]) -> list[Row]:
     """The current rows with the uploaded rows' settings for their colours; uploaded colours
-    the map lacks are appended (with share 0, flagged by `label_report`)."""
+    the map lacks are appended (flagged by `label_report`)."""
     by_color = {str(u[0]).lower(): list(u) for u in uploaded}
     merged = []
     for row in rows:
         color = str(row[0]).lower()
-        merged.append([row[0], row[1], *by_color.pop(color)[2:]] if color in by_color else list(row))
+        merged.append([row[0], *by_color.pop(color)[1:]] if color in by_color else list(row))
     return merged + list(by_color.values())
 
 
@@ -120,15 +115,16 @@ def loads(text: str) -> list[Region]:
     return regions
 
 
-def label_problems(prompt: str, rows: Sequence[Row], tokenizer: Tokenizer) -> dict[str, str]:
+def label_problems(prompt: str, rows: Sequence[Row], tokenizer: Tokenizer,
+                   shares: dict[str, float]) -> dict[str, str]:
     """{colour: why its label cannot paint} for labelled rows: label not in the prompt (or past
-    token 75), or colour absent from the map (share 0)."""
+    token 75), or colour absent from the map (not in `shares`, hex -> share of pixels)."""
     problems = {}
     for row in rows:
-        color, share, label, occurrence = str(row[0]), row[1], str(row[2] or "").strip(), row[7]
+        color, label, occurrence = str(row[0]), str(row[1] or "").strip(), row[6]
         if not label:
             continue
-        if not share:
+        if not shares.get(color.lower()):
             problems[color] = "this colour is not in the map"
             continue
         try:
@@ -140,12 +136,14 @@ def label_problems(prompt: str, rows: Sequence[Row], tokenizer: Tokenizer) -> di
     return problems
 
 
-def label_report(prompt: str, rows: Sequence[Row], tokenizer: Tokenizer) -> str:
-    """HTML legend: a swatch, share and label state per colour, then the prompt's tokens."""
-    problems = label_problems(prompt, rows, tokenizer)
+def label_report(prompt: str, rows: Sequence[Row], tokenizer: Tokenizer,
+                 shares: dict[str, float]) -> str:
+    """HTML legend: a swatch, pixel share and label state per row, then the prompt's tokens."""
+    problems = label_problems(prompt, rows, tokenizer, shares)
     items = []
     for row in rows:
-        color, share, label = html.escape(str(row[0])), row[1], str(row[2] or "").strip()
+        color, label = html.escape(str(row[0])), str(row[1] or "").strip()
+        share = f"{100.0 * shares.get(str(row[0]).lower(), 0.0):.1f}"
         if not label:
             state = "<i>no label: paints nothing</i>"
         elif str(row[0]) in problems:

@@ -6,40 +6,62 @@ from typing import Any
 
 from .events import GEN_IN, OUT, UI, user_errors
 
+# gradio 6's ImageEditor drops the first change event it sees (meant for its initial value, which
+# here sends none), and under load its change events reach the server tens of seconds late, when
+# they would overwrite labels typed meanwhile. So the page does not listen to them: each pointer
+# release or key press on the editor (stroke, eraser, undo, clear) clicks a hidden button whose
+# event reads the editor's value at once.
+REFRESH_ON_POINTERUP = """() => {
+  const editor = document.querySelector("#pww-editor");
+  const edits = "canvas, button[aria-label='Undo'], button[aria-label='Redo'], " +
+                "button[aria-label='Clear canvas']";
+  const refresh = () => document.querySelector("#pww-refresh")?.click();
+  editor?.addEventListener("pointerup", (e) => {
+    if (e.target.closest(edits)) setTimeout(refresh, 300);
+  }, true);
+  editor?.addEventListener("keyup", () => setTimeout(refresh, 300), true);
+}"""
+
 
 def _wire_paint(ui: UI, c: dict[str, Any]) -> None:
     size = [c["width"], c["height"]]
-    c["editor"].change(user_errors(ui.on_editor),
-                       [c["editor"], c["extra_colors"], c["table"], c["prompt"], *size],
-                       [c["qmap"], c["table"], c["legend"]], trigger_mode="always_last",
-                       show_progress="hidden", api_name=False)
+    shown = [c["editor"], c["qmap"], c["table"], c["legend"]]
+    table = [c["table"], c["prompt"]]
+    # The legend is computed in a second step, from the prompt and table as they are then: typing
+    # while the map was read must not be answered with a legend of the text before.
+    c["refresh"].click(user_errors(ui.on_editor), [c["editor"], c["extra_colors"], *table, *size],
+                       shown[1:3], trigger_mode="always_last", show_progress="hidden", api_name=False
+                       ).then(user_errors(ui.on_labels), [c["prompt"], c["table"], c["qmap"]], c["legend"],
+                              show_progress="hidden", api_name=False)
     c["clear"].click(user_errors(ui.on_clear), [*size, c["prompt"]],
-                     [c["editor"], c["extra_colors"], c["qmap"], c["table"], c["legend"]], api_name=False)
-    c["upload_map"].upload(user_errors(ui.on_upload_map), [c["upload_map"], *size],
-                           [c["editor"], c["extra_colors"]], api_name=False)
-    c["qmap"].select(user_errors(ui.on_fill), [c["qmap"], c["fill_color"]], c["editor"],
+                     [c["editor"], c["extra_colors"], *shown[1:]], api_name=False)
+    c["upload_map"].upload(user_errors(ui.on_upload_map), [c["upload_map"], *size, *table],
+                           [c["editor"], c["extra_colors"], *shown[1:]], api_name=False)
+    c["qmap"].select(user_errors(ui.on_fill), [c["qmap"], c["fill_color"], *table], shown,
                      api_name=False)
     for box in size:
         for event in (box.submit, box.blur):
-            event(user_errors(ui.on_size), [c["qmap"], *size], c["editor"], api_name=False)
+            event(user_errors(ui.on_size), [c["qmap"], *size, *table], shown, api_name=False)
 
 
 def _wire_table(ui: UI, c: dict[str, Any]) -> None:
+    shown = [c["qmap"], c["table"], c["legend"]]
     for event in (c["prompt"].change, c["table"].change):
-        event(user_errors(ui.on_labels), [c["prompt"], c["table"]], c["legend"],
+        event(user_errors(ui.on_labels), [c["prompt"], c["table"], c["qmap"]], c["legend"],
               trigger_mode="always_last", show_progress="hidden", api_name=False)
     for fmt in ("json", "yaml"):
         c[f"export_{fmt}"].click(user_errors(lambda rows, f=fmt: ui.on_export(rows, f)), c["table"],
                                  c[f"export_{fmt}"], api_name=False)
-    c["import"].upload(user_errors(ui.on_import), [c["import"], c["table"], c["prompt"]],
+    c["import"].upload(user_errors(ui.on_import), [c["import"], c["table"], c["prompt"], c["qmap"]],
                        [c["table"], c["legend"]], api_name=False)
     c["reopen"].upload(user_errors(ui.on_reopen), c["reopen"],
-                       [*(c[k] for k in OUT), c["editor"], c["extra_colors"], c["table"], c["legend"]],
+                       [*(c[k] for k in OUT), c["editor"], c["extra_colors"], *shown],
                        api_name="reopen")
 
 
-def wire(ui: UI, c: dict[str, Any]) -> None:
+def wire(ui: UI, c: dict[str, Any], app: Any) -> None:
     """Connect every event of the page (components by name, as app.py builds them)."""
+    app.load(None, None, None, js=REFRESH_ON_POINTERUP, api_name=False)
     _wire_paint(ui, c)
     _wire_table(ui, c)
     c["generate"].click(user_errors(ui.generate), [c[k] for k in GEN_IN],
