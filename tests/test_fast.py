@@ -32,6 +32,19 @@ def test_auto_precision_on_cuda_is_fp16_whatever_the_cpu():
     assert auto_precision("cuda", ZEN4)[0] == "fp16"
 
 
+def attention_heavy_model():
+    """The tiny model with its cross-attention scaled up: random tiny weights leave the region
+    bias a 1e-6 effect on eps, too small to tell a fast path that dropped it."""
+    model = tiny_model(seed=4)
+    with torch.no_grad():
+        for name, module in model.model.diffusion_model.named_modules():
+            if name.endswith(("attn2.to_q", "attn2.to_k")):
+                module.weight.mul_(10)
+            elif name.endswith("attn2.to_out.0"):
+                module.weight.mul_(30)
+    return model
+
+
 def region_call(model, latent=(6, 8)):
     """A CFG call's inputs with Paint-with-Words on the conditional row: x, t, UNetContext."""
     h, w = latent
@@ -50,12 +63,12 @@ def region_call(model, latent=(6, 8)):
 
 @pytest.mark.slow
 def test_fast_unet_matches_eager_with_paint_with_words_on():
-    model = tiny_model(seed=4)
+    model = attention_heavy_model()
     x, t, context = region_call(model)
     unet = model.model.diffusion_model
     with torch.inference_mode():
         eager_eps, plain_eps = unet(x, t, context), unet(x, t, context.embeddings)
-    assert (eager_eps - plain_eps)[1].abs().max() > 1e-3  # the region bias is really in the call
+    assert (eager_eps - plain_eps)[1].abs().max() > 1e-2  # the region bias is really in the call
     enable_fast(model)
     with torch.inference_mode():
         fast_eps = unet(x, t, context)
