@@ -54,6 +54,9 @@ class UI:
         self.worker, self.start, self.tokenizer = worker, start, tokenizer
         self.downloads = tempfile.mkdtemp(prefix="pww-webui-")  # region files offered for download
         self._stops: dict[str, threading.Event] = {}
+        # Per page: the table as its last change event sent it. A map read that started before
+        # a label was typed merges with this, so its answer does not take the label away.
+        self._tables: dict[str, list[list]] = {}
 
     # -- the opening scene
     def start_map(self) -> np.ndarray:
@@ -78,16 +81,20 @@ class UI:
 
     # -- painting and the table
     def on_editor(self, value: dict | None, extra: list[str], rows: list[list], prompt: str,
-                  width: Any, height: Any) -> tuple[Any, ...]:
+                  width: Any, height: Any, request: gr.Request) -> tuple[Any, ...]:
         """Editor changed: (quantised map, table rows). The table is sent only when its colours
         changed, so a label typed while this ran is never overwritten."""
         qmap = handlers.quantized(value, extra, _int(width, "width"), _int(height, "height"))
+        typed = {str(r[0]).lower(): r for r in self._tables.get(request.session_hash or "", [])}
+        rows = [typed.get(str(r[0]).lower(), r) if not str(r[1] or "").strip() else r for r in rows or []]
         table, _ = handlers.refresh(qmap, rows, prompt or "", self.tokenizer)
         same = [r[0] for r in table] == [str(r[0]).lower() for r in rows or []]
         return qmap, gr.skip() if same else table
 
-    def on_labels(self, prompt: str, rows: list[list], qmap: np.ndarray | None) -> str:
+    def on_labels(self, prompt: str, rows: list[list], qmap: np.ndarray | None,
+                  request: gr.Request) -> str:
         """Prompt or table edited: flag labels that are not in the prompt."""
+        self._tables[request.session_hash or ""] = [list(r) for r in rows or []]
         return regions.label_report(prompt or "", rows or [], self.tokenizer, handlers.shares_of(qmap))
 
     def show(self, qmap: np.ndarray, rows: list[list] | None, prompt: str) -> tuple[Any, ...]:

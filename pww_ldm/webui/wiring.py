@@ -9,7 +9,7 @@ from .events import GEN_IN, OUT, UI, user_errors
 # gradio 6's ImageEditor drops the first change event it sees (meant for its initial value, which
 # here sends none), and under load its change events reach the server tens of seconds late, when
 # they would overwrite labels typed meanwhile. So the page does not listen to them: each pointer
-# release or key press on the editor (stroke, eraser, undo, clear) clicks a hidden button whose
+# release on the editor's canvas or its undo / redo / clear buttons clicks a hidden button whose
 # event reads the editor's value at once.
 REFRESH_ON_POINTERUP = """() => {
   const editor = document.querySelector("#pww-editor");
@@ -19,7 +19,6 @@ REFRESH_ON_POINTERUP = """() => {
   editor?.addEventListener("pointerup", (e) => {
     if (e.target.closest(edits)) setTimeout(refresh, 300);
   }, true);
-  editor?.addEventListener("keyup", () => setTimeout(refresh, 300), true);
 }"""
 
 
