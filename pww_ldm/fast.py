@@ -4,8 +4,10 @@ Fast path: the UNet is compiled by inductor with weight freezing. Freezing treat
 constants, so linear and convolution weights are packed once into MKL's / oneDNN's layouts rather
 than on every call, and inductor fuses the elementwise work around them (GroupNorm + SiLU, GEGLU,
 residual adds). The model computes the same function (the tests hold it to 1e-3 of the eager
-path, Paint-with-Words on), but the first call at each image size compiles for minutes (26 min
-for the full-size UNet on a loaded 2-core CPU), which is why it is a switch and not the default.
+path, Paint-with-Words on), but the first call at each image size compiles for minutes (8 to 26
+min for the full-size UNet on a shared 2-core CPU), which is why it is a switch and not the
+default; on that CPU (Zen 4) the compiled step measured 1.02x the eager one (benchmarks/results/
+cpu_fp32_fast.json): the step is library convolutions, GEMMs and attention already.
 The weights are frozen at that first call: changing them afterwards (merging a LoRA) needs the
 model loaded again. The VAE decoder stays eager: on the CPU its time is convolutions, which
 freezing does not speed up (measured 1.01x for its 128-channel 3x3 conv at 512 px).
