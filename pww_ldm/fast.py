@@ -8,8 +8,9 @@ path, Paint-with-Words on), but the first call at each image size compiles for m
 min for the full-size UNet on a shared 2-core CPU), which is why it is a switch and not the
 default; on that CPU (Zen 4) the compiled step measured 1.02x the eager one (benchmarks/results/
 cpu_fp32_fast.json): the step is library convolutions, GEMMs and attention already.
-The weights are frozen at that first call: changing them afterwards (merging a LoRA) needs the
-model loaded again. The VAE decoder stays eager: on the CPU its time is convolutions, which
+The weights are frozen at that first call: when they change afterwards (the prompt's LoRAs
+change), `refreeze` drops the compiled code so that the next call compiles with the new weights.
+The VAE decoder stays eager: on the CPU its time is convolutions, which
 freezing does not speed up (measured 1.01x for its 128-channel 3x3 conv at 512 px).
 
 `--precision auto`: bf16 for the UNet and the text encoder on CPUs that have native bf16
@@ -79,6 +80,13 @@ def disable_fast(model: LatentDiffusion) -> LatentDiffusion:
     model.model.diffusion_model._compiled_call_impl = None  # set by nn.Module.compile; no public undo
     model.fast = False
     return model
+
+
+def refreeze(model: LatentDiffusion) -> LatentDiffusion:
+    """After the UNet's weights changed (a LoRA merged or removed): drop every compiled graph, whose
+    frozen constants are the old weights, so the next call compiles anew; returns the model."""
+    torch._dynamo.reset()  # the graphs guard on tensor metadata, not values: they would be reused
+    return enable_fast(disable_fast(model))
 
 
 def is_fast(model: torch.nn.Module) -> bool:

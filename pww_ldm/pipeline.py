@@ -21,6 +21,7 @@ from PIL import Image
 
 from .checkpoint import ArchitectureMismatchError
 from .conditioning import AttentionPlugin
+from .fast import is_fast, refreeze
 from .images import check_size, from_pil, to_pil
 from .infotext import format_parameters, model_settings
 from .lora import LoraManager, extract_lora_tags
@@ -176,8 +177,12 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
     loras = lora_manager(model)
-    cond, uncond = _conditioning(model, loras.apply_prompt(prompt), negative_prompt,
-                                 options.guidance_scale != 1.0, extra_chunks)
+    merged = loras.applied
+    text = loras.apply_prompt(prompt)  # <lora:...> tags merged, and out of the text
+    if is_fast(model) and loras.applied != merged:
+        refreeze(model)  # the compiled UNet holds the old weights as constants
+    cond, uncond = _conditioning(model, text, negative_prompt, options.guidance_scale != 1.0,
+                                 extra_chunks)
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
     seeded = regions is not None and any(r.seed is not None for r in regions.regions)
 

@@ -79,3 +79,14 @@ def test_unknown_lora_names_the_folder_and_what_is_there(model, lora_dir):
     with pytest.raises(LoraNotFoundError) as err:
         pww_ldm.txt2img(model, "a cat <lora:nope:1>", **KW)
     assert str(lora_dir) in str(err.value) and "style" in str(err.value)
+
+
+def test_fast_model_recompiles_when_its_loras_change(model, lora_dir, monkeypatch):
+    import pww_ldm.pipeline as pipeline
+
+    refrozen = []
+    monkeypatch.setattr(pipeline, "refreeze", lambda m: refrozen.append(m))
+    monkeypatch.setattr(model, "fast", True, raising=False)
+    for prompt in ("a cat", "a cat <lora:style:0.5>", "a cat <lora:style:0.5>", "a cat"):
+        pww_ldm.txt2img(model, prompt, **KW)
+    assert len(refrozen) == 2  # merged, then removed; nothing when the set stays the same
