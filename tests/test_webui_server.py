@@ -79,6 +79,9 @@ def test_generate_returns_the_asked_size_differing_from_no_pww_and_reopens(serve
     plain, pww = panel[:, 64:128].astype(int), panel[:, 128:].astype(int)
     assert np.abs(plain - pww).mean() > 2.0
     assert seed == 7 and "Seed: 7" in info and "Size: 64x48" in info
+    # under the image: colour map | image | one attention heatmap per label (three labels)
+    assert len(gallery) == 2 and "attended" in gallery[1]["caption"]
+    assert Image.open(gallery[1]["image"]).width == (2 + 3) * 64
     saved = _samples(server)[-1]
     assert Image.open(saved).size == (64, 48)
     meta = pngmeta.read_png(saved.read_bytes())

@@ -203,17 +203,21 @@ class UI:
         saved = ", ".join(p.name for p in result.paths)
         results = {"images": [(im, f"seed {result.seed + i}") for i, im in enumerate(result.images)],
                    "panels": [(p, f"seed {result.seed + i}: map | without PwW | with PwW")
-                              for i, p in enumerate(result.panels)]}
+                              for i, p in enumerate(result.panels)],
+                   "attention": [(a, f"seed {result.seed + i}: where each label's words attended")
+                                 for i, a in enumerate(result.attention)]}
         seed = result.seed if keep_seed else gr.skip()
         return (self.gallery(results, req.compare), "\n\n".join(parameters) + f"\n\nsaved: {saved}",
                 seed, result.seed, results)
 
     @staticmethod
     def gallery(results: dict | None, compare: bool) -> list:
-        """The gallery's items: comparison panels when asked for and made, else the images."""
+        """The gallery's items: comparison panels when asked for and made, else the images; then
+        the attention maps (pww_ldm.heatmaps.attention_grid) of each image."""
         if not results:
             return []
-        return results["panels"] if compare and results["panels"] else results["images"]
+        shown = results["panels"] if compare and results["panels"] else results["images"]
+        return shown + results.get("attention", [])
 
     def on_stop(self, request: gr.Request) -> None:
         """Stop this page's generation at the next sampler step."""

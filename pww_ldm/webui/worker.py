@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..heatmaps import attention_grid, label_masks
 from ..images import check_size, image_grid, save_png
 from ..pipeline import resolve_seed
+from ..region import parse_color_context
 from .pngmeta import pww_chunk
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
@@ -106,11 +108,14 @@ class Request:
 @dataclass
 class Result:
     """images: with PwW; plain: the same seeds without PwW ([] unless compare); panels: map |
-    without | with per image ([] unless compare); paths: files written; seed: of image 0."""
+    without | with per image ([] unless compare); attention: per image, map | image | where each
+    label's words attended (pww_ldm.heatmaps.attention_grid); paths: files written; seed: of
+    image 0."""
 
     images: list[Image.Image]
     plain: list[Image.Image]
     panels: list[Image.Image]
+    attention: list[Image.Image]
     paths: list[Path]
     seed: int
 
@@ -146,8 +151,8 @@ class Worker:
             common.update(init_image=request.init_image, strength=request.strength)
         color_map = Image.fromarray(request.color_map)
         with lock:
-            images = pww_ldm.paint_with_words(
-                model, request.prompt, color_map, request.regions,
+            images, maps = pww_ldm.paint_with_words(
+                model, request.prompt, color_map, request.regions, return_attention=True,
                 weight_function=request.weight_function, weight_scale=request.weight_scale,
                 callback=self._callback("with PwW", request, stop, progress), **common)
             plain = []
@@ -156,7 +161,11 @@ class Worker:
                     model, request.prompt,
                     callback=self._callback("without PwW", request, stop, progress), **common)
         panels = [image_grid([color_map, p, i]) for p, i in zip(plain, images)]
-        return Result(images, plain, panels, self._save(request, seed, images, panels), seed)
+        masks = label_masks(color_map, parse_color_context(request.regions), images[0].size)
+        attention = [attention_grid(image, maps, masks, color_map, row)
+                     for row, image in enumerate(images)]
+        return Result(images, plain, panels, attention, self._save(request, seed, images, panels),
+                      seed)
 
     @staticmethod
     def _callback(phase: str, request: Request, stop: threading.Event | None,
