@@ -13,9 +13,10 @@ from .lora import apply_lora
 from .models.embeddings import load_embeddings
 from .pipeline import generate, img2img, paint_with_words, txt2img
 from .region import RegionContext, load_color_context, parse_color_context
+from .region.features import FeatureOptions
 from .samplers.registry import sampler_names
 
-__all__ = ["RegionContext", "apply_lora", "generate", "img2img", "inpaint", "load_color_context",
-           "load_embeddings", "load_model", "paint_with_words", "parse_color_context", "sampler_names",
-           "txt2img"]
+__all__ = ["FeatureOptions", "RegionContext", "apply_lora", "generate", "img2img", "inpaint",
+           "load_color_context", "load_embeddings", "load_model", "paint_with_words",
+           "parse_color_context", "sampler_names", "txt2img"]
 __version__ = "0.1.0"
