@@ -69,7 +69,7 @@ def check_text(args: argparse.Namespace) -> set[str]:
     prompt that is not in --lora-dir.
     """
     _fixed_loras(args)
-    for name, _ in extract_lora_tags(args.prompt or "")[1]:
+    for name, _ in extract_lora_tags(getattr(args, "prompt", None) or "")[1]:
         resolve_lora(name, args.lora_dir)
     folder = embeddings_dir(args)
     if folder is None:

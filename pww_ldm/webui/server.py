@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_DIR = REPO_ROOT / "models" / "pww-demo"
-DEMO_CKPT = DEMO_DIR / "model.safetensors"
+from ..allocator import tune_malloc
+from ..cli_text import add_text_flags, check_text, prepare_text
+from ..paths import DEMO_CKPT, DEMO_DIR
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=None, help="user:password required to open the page")
     p.add_argument("--outdir", default="outputs/webui", help="where generated images are saved")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    add_text_flags(p)  # --clip-skip, --embeddings-dir, --lora, --lora-dir, as the scripts
     return p
 
 
@@ -86,8 +88,11 @@ def _a1111_name(name: str) -> str:
 
 
 def create_app(ckpt: str | Path | None = None, models_dir: str | Path | None = None,
-               outdir: str | Path = "outputs/webui", device: str | None = None) -> Any:
-    """Load the default model and build the page; returns the gradio Blocks (not launched)."""
+               outdir: str | Path = "outputs/webui", device: str | None = None,
+               text: argparse.Namespace | None = None) -> Any:
+    """Load the default model and build the page; returns the gradio Blocks (not launched).
+
+    text: the parsed text flags (`cli_text.add_text_flags`), applied to every model loaded."""
     import pww_ldm
 
     from ..models.tokenizer import get_tokenizer
@@ -100,7 +105,13 @@ def create_app(ckpt: str | Path | None = None, models_dir: str | Path | None = N
         raise ServerUsageError(f"checkpoint {default} does not exist")
     if models_dir is not None and not Path(models_dir).is_dir():
         raise ServerUsageError(f"--models-dir {models_dir} is not a folder")
-    pool = ModelPool(find_models(models_dir, default), pww_ldm.load_model, device=device)
+    def load(path: Path, **kwargs: Any) -> Any:
+        model = pww_ldm.load_model(path, **kwargs)
+        if text is not None:
+            prepare_text(model, text)
+        return model
+
+    pool = ModelPool(find_models(models_dir, default), load, device=device)
     pool.get(pool.names[0])  # loaded once, now: the first request does not wait for it
     scene = start_scene(None if ckpt is None else 512)
     return build_app(UI(Worker(pool, outdir), scene, get_tokenizer()))
@@ -110,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `pww-webui`; returns the exit status (2 on bad options)."""
     from .app import launch_kwargs
 
+    tune_malloc()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         auth = parse_auth(args.auth)
         check_host(args.host, auth)
-        app = create_app(args.ckpt, args.models_dir, args.outdir, args.device)
-    except ValueError as exc:
+        check_text(args)
+        app = create_app(args.ckpt, args.models_dir, args.outdir, args.device, text=args)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app.queue(default_concurrency_limit=1).launch(
