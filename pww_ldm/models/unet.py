@@ -7,7 +7,7 @@ TimestepEmbedSequential give every `model.diffusion_model.*` key of a real check
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -189,38 +189,16 @@ class UNetModel(nn.Module):
             return ResBlock(ch, time_embed_dim, dropout, out_channels=out,
                             use_scale_shift_norm=use_scale_shift_norm)
 
-        self.input_blocks = nn.ModuleList([
-            TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
-        skip_channels = [model_channels]
-        ch, ds = model_channels, 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [resblock(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(transformer(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                skip_channels.append(ch)
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(
-                    TimestepEmbedSequential(Downsample(ch, conv_resample, out_channels=ch)))
-                skip_channels.append(ch)
-                ds *= 2
-
+        self.input_blocks, skip_channels, ds = _down_path(
+            in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
+            conv_resample, resblock, transformer)
+        ch = skip_channels[-1]
         self.middle_block = TimestepEmbedSequential(resblock(ch, ch), transformer(ch),
                                                     resblock(ch, ch))
 
-        self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
-            for i in range(num_res_blocks + 1):
-                layers = [resblock(ch + skip_channels.pop(), model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(transformer(ch))
-                if level and i == num_res_blocks:
-                    layers.append(Upsample(ch, conv_resample, out_channels=ch))
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
+        self.output_blocks, ch = _up_path(ch, ds, skip_channels, model_channels, channel_mult,
+                                          num_res_blocks, attention_resolutions, conv_resample,
+                                          resblock, transformer)
 
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
@@ -258,3 +236,47 @@ class UNetModel(nn.Module):
             # a 75-row latent went down as 75 -> 38 -> 19 -> 10 and must come back the same way.
             h = module(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
         return self.out(h)
+
+
+Block = Callable[..., nn.Module]
+
+
+def _down_path(in_channels: int, model_channels: int, channel_mult: Sequence[int],
+               num_res_blocks: int, attention_resolutions: Sequence[int], conv_resample: bool,
+               resblock: Block, transformer: Block) -> tuple[nn.ModuleList, list[int], int]:
+    """CompVis's input_blocks: (blocks, the channels of each skip connection, final downsampling)."""
+    blocks = nn.ModuleList([
+        TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+    skip_channels = [model_channels]
+    ch, ds = model_channels, 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers: list[nn.Module] = [resblock(ch, mult * model_channels)]
+            ch = mult * model_channels
+            if ds in attention_resolutions:
+                layers.append(transformer(ch))
+            blocks.append(TimestepEmbedSequential(*layers))
+            skip_channels.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(TimestepEmbedSequential(Downsample(ch, conv_resample, out_channels=ch)))
+            skip_channels.append(ch)
+            ds *= 2
+    return blocks, skip_channels, ds
+
+
+def _up_path(ch: int, ds: int, skip_channels: list[int], model_channels: int,
+             channel_mult: Sequence[int], num_res_blocks: int, attention_resolutions: Sequence[int],
+             conv_resample: bool, resblock: Block, transformer: Block) -> tuple[nn.ModuleList, int]:
+    """CompVis's output_blocks, consuming skip_channels: (blocks, channels out)."""
+    blocks = nn.ModuleList([])
+    for level, mult in list(enumerate(channel_mult))[::-1]:
+        for i in range(num_res_blocks + 1):
+            layers = [resblock(ch + skip_channels.pop(), model_channels * mult)]
+            ch = model_channels * mult
+            if ds in attention_resolutions:
+                layers.append(transformer(ch))
+            if level and i == num_res_blocks:
+                layers.append(Upsample(ch, conv_resample, out_channels=ch))
+                ds //= 2
+            blocks.append(TimestepEmbedSequential(*layers))
+    return blocks, ch
