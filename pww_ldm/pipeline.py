@@ -30,12 +30,11 @@ from .models.latent_diffusion import LatentDiffusion
 from .models.text_encoder import pad_to_same_length
 from .region import PaintWithWords, RegionContext, parse_color_context
 from .region.features import FeatureOptions, build_features, feature_parameters, split_regions
-from .samplers.options import SamplingOptions
+from .samplers.options import SAMPLING_FIELDS, SamplingOptions
 from .samplers.run import sample_latents
 from .vae import decode_latents, encode_images
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
-OPTION_KEYS = ("sampler", "steps", "guidance_scale", "eta", "strength", "sampler_options")
 
 
 def resolve_size(width: int | None, height: int | None, reference: Image.Image | None
@@ -57,7 +56,7 @@ def resolve_seed(seed: int | None) -> int:
 def sampling_options(kwargs: dict[str, Any], img2img: bool) -> SamplingOptions:
     """Pop the sampling keywords (sampler, steps, guidance_scale, eta, strength, sampler_options)
     out of `kwargs` into one checked SamplingOptions; strength only counts for img2img."""
-    given = {k: kwargs.pop(k) for k in OPTION_KEYS if k in kwargs}
+    given = {k: kwargs.pop(k) for k in SAMPLING_FIELDS if k in kwargs}
     strength = given.pop("strength", None)
     if img2img:
         given["strength"] = 0.5 if strength is None else strength

@@ -70,3 +70,14 @@ def transformers_tokenizer() -> CLIPTokenizer:
     symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab = {s: i for i, s in enumerate(symbols + ["<|startoftext|>", "<|endoftext|>"])}
     return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def clip_encoder_and_oracle(config: dict, seed: int):
+    """Our FrozenCLIPEmbedder with random weights and transformers' CLIPTextModel holding them."""
+    from tiny import randomize_
+
+    from pww_ldm.models.text_encoder import FrozenCLIPEmbedder
+
+    encoder = randomize_(FrozenCLIPEmbedder(config=config), seed=seed)
+    state = {"cond_stage_model." + k: v for k, v in encoder.state_dict().items()}
+    return encoder, transformers_clip(state, config)

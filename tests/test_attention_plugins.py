@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tiny import randomize_, tiny_config, tiny_model
+from tiny import painted_map, randomize_, tiny_config, tiny_model
 
 import pww_ldm
 import pww_ldm.samplers.run as run_module
@@ -176,9 +174,7 @@ def model():
 
 
 def two_colour_map():
-    arr = np.zeros((48, 64, 3), np.uint8)
-    arr[8:40, 4:30] = (255, 0, 0)
-    return Image.fromarray(arr)
+    return painted_map(64, 48, ((255, 0, 0), slice(8, 40), slice(4, 30)))
 
 
 def test_txt2img_refuses_regions(model):

@@ -3,8 +3,8 @@ transformers' CLIPTextModel's hidden states with the same random weights."""
 
 import pytest
 import torch
-from oracle import transformers_clip
-from tiny import TINY_CLIP, randomize_, tiny_model
+from oracle import clip_encoder_and_oracle, transformers_clip
+from tiny import TINY_CLIP, tiny_model
 
 from pww_ldm.models.text_encoder import FrozenCLIPEmbedder
 
@@ -15,10 +15,7 @@ PROMPT = "a photo of a cat"
 
 @pytest.fixture(scope="module")
 def pair():
-    encoder = randomize_(FrozenCLIPEmbedder(config=CONFIG), seed=5)
-    oracle = transformers_clip({"cond_stage_model." + k: v for k, v in encoder.state_dict().items()},
-                               CONFIG)
-    return encoder, oracle
+    return clip_encoder_and_oracle(CONFIG, seed=5)
 
 
 def oracle_skip(oracle, tokens: torch.Tensor, clip_skip: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from tiny import painted_map
 from tiny_families import tiny_family_model
 
 import pww_ldm
@@ -12,10 +12,8 @@ KW = dict(steps=3, seed=5, progress=False, width=64, height=48)
 
 
 def color_map():
-    arr = np.zeros((48, 64, 3), np.uint8)
-    arr[8:40, 4:30] = (255, 0, 0)
-    arr[10:30, 36:60] = (0, 0, 255)
-    return Image.fromarray(arr)
+    return painted_map(64, 48, ((255, 0, 0), slice(8, 40), slice(4, 30)),
+                       ((0, 0, 255), slice(10, 30), slice(36, 60)))
 
 
 @pytest.mark.parametrize("family,sampler", [("sd2", "euler_a"), ("sd2-v", "DPM++ 2M Karras"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_model
+from tiny import painted_map, tiny_model
 
 from pww_ldm.hires import hires_fix, upscale_latents
 from pww_ldm.infotext import parse_parameters
@@ -19,10 +19,8 @@ def model():
 
 
 def color_map():
-    arr = np.zeros((24, 32, 3), np.uint8)
-    arr[4:20, 2:15] = (255, 0, 0)
-    arr[5:15, 18:30] = (0, 0, 255)
-    return Image.fromarray(arr)
+    return painted_map(32, 24, ((255, 0, 0), slice(4, 20), slice(2, 15)),
+                       ((0, 0, 255), slice(5, 15), slice(18, 30)))
 
 
 @pytest.mark.parametrize("upscaler,label", [("latent", "Latent"), ("lanczos", "Lanczos"),

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
-from tiny import tiny_model
+from tiny import painted_map, tiny_model
 
 import pww_ldm
 from pww_ldm.lora import LoraManager, LoraNotFoundError
@@ -18,9 +17,7 @@ CONTEXT = {"#ff0000": "cat,2"}
 
 
 def color_map():
-    arr = np.zeros((48, 64, 3), np.uint8)
-    arr[8:40, 4:30] = (255, 0, 0)
-    return Image.fromarray(arr)
+    return painted_map(64, 48, ((255, 0, 0), slice(8, 40), slice(4, 30)))
 
 
 @pytest.fixture(scope="module")

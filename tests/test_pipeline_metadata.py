@@ -6,9 +6,7 @@ import hashlib
 import json
 import re
 
-import numpy as np
-from PIL import Image
-from tiny import save_config, tiny_config, tiny_model, write_checkpoint
+from tiny import painted_map, save_config, tiny_config, tiny_model, write_checkpoint
 
 import pww_ldm
 
@@ -20,10 +18,9 @@ def test_regions_model_and_hash_survive_a1111s_parser(tmp_path):
     ckpt = write_checkpoint(tiny_model(seed=4), tmp_path / "tiny-v1.safetensors")
     save_config(tiny_config(), tmp_path / "tiny-v1.yaml")
     model = pww_ldm.load_model(ckpt)
-    arr = np.zeros((48, 64, 3), np.uint8)
-    arr[8:40, 4:30] = (255, 0, 0)
+    cmap = painted_map(64, 48, ((255, 0, 0), slice(8, 40), slice(4, 30)))
     context = {"#ff0000": "cat,1.5,77", "#000000": "dog,0.5"}
-    image = pww_ldm.paint_with_words(model, "a cat, a dog", Image.fromarray(arr), context,
+    image = pww_ldm.paint_with_words(model, "a cat, a dog", cmap, context,
                                      steps=1, seed=3, progress=False)[0]
     settings_line = image.info["parameters"].splitlines()[-1]
     pairs = {k: v for k, v in A1111_RE_PARAM.findall(settings_line)}

@@ -7,10 +7,10 @@ written out by hand from A1111's rules; A1111's emphasis (sd_emphasis.EmphasisOr
 
 import pytest
 import torch
-from oracle import transformers_clip
-from tiny import TINY_CLIP, randomize_
+from oracle import clip_encoder_and_oracle
+from tiny import TINY_CLIP
 
-from pww_ldm.models.text_encoder import FrozenCLIPEmbedder, pad_to_same_length
+from pww_ldm.models.text_encoder import pad_to_same_length
 from pww_ldm.models.tokenizer import BOS_ID, EOS_ID
 
 CAT, DOG, BIRD, COMMA, A, RED = 2368, 1929, 3329, 267, 320, 736
@@ -19,10 +19,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def pair():
-    encoder = randomize_(FrozenCLIPEmbedder(config=TINY_CLIP), seed=3)
-    oracle = transformers_clip({"cond_stage_model." + k: v for k, v in encoder.state_dict().items()},
-                               TINY_CLIP)
-    return encoder, oracle
+    return clip_encoder_and_oracle(TINY_CLIP, seed=3)
 
 
 def window(content: list[int]) -> list[int]:

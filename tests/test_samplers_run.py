@@ -41,14 +41,11 @@ def _cond(n, value=0.3):
     return torch.full((n, 5, 6), value)
 
 
-OPTION_KEYS = ("sampler", "steps", "guidance_scale", "eta", "strength", "sampler_options")
-
-
 def _run(model=None, **kw):
     args = dict(sampler="euler_a", steps=6, cond=_cond(1), uncond=_cond(1, -0.2),
                 guidance_scale=3.0, shape=SHAPE, seeds=[11], disable_progress=True)  # fmt: skip
     args.update(kw)
-    options = S.SamplingOptions(**{k: args.pop(k) for k in OPTION_KEYS if k in args})
+    options = S.SamplingOptions(**{k: args.pop(k) for k in S.SAMPLING_FIELDS if k in args})
     if "initial_noise" in args:  # replaces the seeded starting noise
         noise = args.pop("initial_noise")
         args["noise_transform"] = lambda _: noise

@@ -92,3 +92,14 @@ def save_config(cfg, path: Path) -> Path:
     """Write an OmegaConf config to YAML."""
     OmegaConf.save(cfg, path)
     return path
+
+
+def painted_map(width: int, height: int, *boxes: tuple[tuple[int, int, int], slice, slice]):
+    """A black width x height colour map with each (rgb, rows, cols) box painted in its colour."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.zeros((height, width, 3), np.uint8)
+    for rgb, rows, cols in boxes:
+        arr[rows, cols] = rgb
+    return Image.fromarray(arr)

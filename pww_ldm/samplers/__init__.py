@@ -38,7 +38,7 @@ from .noise import (
     initial_noise,
     make_generators,
 )
-from .options import SamplingOptions
+from .options import SAMPLING_FIELDS, SamplingOptions
 from .registry import SAMPLERS, SamplerSpec, get_sampler, sampler_names
 from .run import sample_latents
 from .schedules import (
@@ -51,6 +51,7 @@ from .schedules import (
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLING_FIELDS",
     "BatchedNoiseSampler",
     "BrownianNoiseSampler",
     "CFGEpsModel",

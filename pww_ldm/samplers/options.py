@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -64,3 +64,6 @@ class SamplingOptions:
     def spec(self) -> SamplerSpec:
         """The registered sampler these options name."""
         return get_sampler(self.sampler)
+
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingOptions))  # the keywords that make one
