@@ -80,20 +80,23 @@ class CrossAttention(nn.Module):
         compute = torch.promote_types(q.dtype, torch.float32)
         scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2))  # (m, H, N, T)
         n = hooks.sigma.shape[0]
-        calls = []
+        observers = []
         for plugin in plugins:
             rows = hooks.rows_of(plugin.acts_on, n)
+            if rows.stop <= rows.start:
+                continue
             local = slice(rows.start - span.start, rows.stop - span.start)
             call = AttentionCall(kind, hooks.grid, hooks.sigma[rows].to(scores.device, compute),
                                  rows, self.scale)
-            calls.append((plugin, local, call))
-            if rows.stop > rows.start and plugin.hooks(kind)[0]:
+            modifies, observes = plugin.hooks(kind)
+            if modifies:
                 if local == slice(0, scores.shape[0]):
                     scores = plugin.modify_scores(scores, call)
                 else:
                     scores[local] = plugin.modify_scores(scores[local], call)
+            if observes:
+                observers.append((plugin, local, call))
         probs = (scores * self.scale).softmax(dim=-1).to(q.dtype)
-        for plugin, local, call in calls:
-            if local.stop > local.start and plugin.hooks(kind)[1]:
-                plugin.observe(probs[local], call)
+        for plugin, local, call in observers:
+            plugin.observe(probs[local], call)
         return torch.matmul(probs, v)
