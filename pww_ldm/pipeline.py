@@ -10,6 +10,7 @@ of reaching into them.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -141,7 +142,18 @@ def _conditioning(model: LatentDiffusion, prompt: str, negative_prompt: str, gui
     return cond, uncond
 
 
-@torch.inference_mode()
+def _inference(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` without autograd: inference mode, or plain no_grad when a `guide` is given
+    (attention guidance differentiates the UNet, and inference tensors cannot enter autograd)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(kwargs.get("guide") is None), torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_inference
 def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | None = None, *,
              negative_prompt: str = "", seed: int | None = 0, width: int = 512, height: int = 512,
              n_images: int = 1, regions: RegionContext | None = None,
@@ -150,7 +162,7 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              extra_parameters: Mapping[str, Any] | None = None,
              extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
              mask: torch.Tensor | None = None, init_latent: torch.Tensor | None = None,
-             return_latents: bool = False, **sampling: Any) -> Any:
+             return_latents: bool = False, guide: Any = None, **sampling: Any) -> Any:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
@@ -161,7 +173,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     of the conditioning (the per-region prompts; their plug-ins mask them). mask (1, 1, H, W) in
     [0, 1], 1 = repaint, with init_image: inpainting (pww_ldm.masking.sampler_inputs; use
     pww_ldm.inpaint for blur, crop and paste-back). init_latent (1 or n, 4, H/8, W/8): img2img
-    from a diffusion latent instead of init_image (the hires fix's upscaled latent). Returns width
+    from a diffusion latent instead of init_image (the hires fix's upscaled latent). guide: latent
+    guidance for the sampler (region attention guidance, see pww_ldm.region.guidance). Returns width
     x height RGB PIL images with `info["parameters"]`, or with return_latents the sampled
     latents (n, 4, H/8, W/8).
     """
@@ -190,7 +203,7 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
         model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
         init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
         device=model.device, callback=callback, disable_progress=not progress,
-        model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)))
+        model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)), guide=guide)
     if return_latents:
         return latents
     images = to_pil(decode_latents(model, latents))
@@ -272,5 +285,5 @@ def paint_with_words(model: LatentDiffusion, prompt: str, color_map_image: Image
     kwargs["plugins"] = [*kwargs.pop("plugins", ()), *built.plugins]
     images = generate(model, prompt, options, width=width, height=height, regions=regions,
                       init_image=init_image, extra_parameters=extra, extra_chunks=built.extra_chunks,
-                      **kwargs)
+                      guide=built.guide, **kwargs)
     return (images, built.attention()) if return_attention else images

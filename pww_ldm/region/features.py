@@ -21,6 +21,7 @@ import torch
 from .attention_maps import AttentionMaps, region_groups
 from .context import RegionContext
 from .errors import ColorMapError, ColorNotInMapError, RegionError
+from .guidance import DEFAULT_GUIDANCE_WINDOW, RegionGuidance
 from .masks import color_mask, gaussian_blur, to_rgb
 from .parse import Region, hex_color
 from .region_prompts import CHUNK, PromptRegion, RegionPrompts
@@ -37,6 +38,9 @@ class FeatureOptions:
     step range of the maps (None = all); per_token: also one map per label token.
     self_attention / dense_cross: DenseDiffusion weights w^s (paper 0.3) / w^c (paper 1.0),
     0 = off; sizereg and window: its size regularisation and step fraction (paper 1.0, 0.3).
+    guidance: attention guidance's step in noise standard deviations (0 = off; see
+    pww_ldm.region.guidance), over the first guidance_window of the steps, guidance_iterations
+    gradient steps each.
     """
 
     attention_maps: bool = False
@@ -46,6 +50,9 @@ class FeatureOptions:
     dense_cross: float = 0.0
     sizereg: float = DEFAULT_SIZEREG
     window: float = DEFAULT_WINDOW
+    guidance: float = 0.0
+    guidance_window: float = DEFAULT_GUIDANCE_WINDOW
+    guidance_iterations: int = 1
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Features:
     extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None
     clock: StepClock | None = None
     maps: AttentionMaps | None = None
+    guide: RegionGuidance | None = None
 
     def callback(self, user: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
         """The sampler callback: advances the clock, then calls the user's callback."""
@@ -102,7 +110,7 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
     regions with their masks in `prompt_regions`). n_steps: sampling steps that will run."""
     features = Features()
     if not (options.attention_maps or prompt_regions or options.self_attention
-            or options.dense_cross):
+            or options.dense_cross or options.guidance):
         return features
     features.clock = StepClock(n_steps)
     labelled = [r for r in regions.regions if r.mask is not None and r.token_positions]
@@ -121,15 +129,34 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
         features.plugins.append(DenseSelfAttention(masks, features.clock, alphas_cumprod,
                                                    options.self_attention, options.sizereg,
                                                    options.window))
+    if options.guidance:
+        features.guide = _guide(options, labelled, prompt_regions, features.clock, tokenizer)
     if options.attention_maps:
         groups = region_groups(regions.regions, options.per_token)
         n = len(prompt_regions)
         for r, region in enumerate(prompt_regions):
-            words = label_positions(region.prompt, region.prompt, tokenizer)
-            groups[f"prompt: {region.prompt}"] = tuple(j - CHUNK * (n - r) for j in words)
+            groups[f"prompt: {region.prompt}"] = _prompt_columns(region, r, n, tokenizer)
         features.maps = AttentionMaps(groups, latent_hw, features.clock, options.attention_steps)
         features.plugins.append(features.maps)
     return features
+
+
+def _prompt_columns(region: Region, r: int, n: int, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The words of own-prompt region r of n, as negative columns into the appended chunks."""
+    words = label_positions(region.prompt, region.prompt, tokenizer)
+    return tuple(j - CHUNK * (n - r) for j in words)
+
+
+def _guide(options: FeatureOptions, labelled: Sequence[Region], prompt_regions: Sequence[Region],
+           clock: StepClock, tokenizer: Tokenizer) -> RegionGuidance:
+    """Attention guidance over every region with words: labels and own prompts."""
+    masks = [r.mask for r in labelled] + [r.mask for r in prompt_regions]
+    columns = [r.token_positions[0] for r in labelled]
+    columns += [_prompt_columns(r, k, len(prompt_regions), tokenizer) for k, r in enumerate(prompt_regions)]
+    if not masks:
+        raise RegionError("attention guidance needs painted regions with words of the prompt")
+    return RegionGuidance(masks, columns, clock, options.guidance, options.guidance_window,
+                          options.guidance_iterations)
 
 
 def split_regions(parsed: Sequence[Region], color_map: Any, width: int, height: int,
@@ -172,4 +199,7 @@ def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]
         out["PwW self-attention"] = options.self_attention
     if options.dense_cross:
         out["PwW dense cross"] = options.dense_cross
+    if options.guidance:
+        out["PwW guidance"] = options.guidance
+        out["PwW guidance window"] = options.guidance_window
     return out

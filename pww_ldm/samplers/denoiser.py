@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..conditioning import AttentionPlugin, UNetContext
+from ..conditioning import ATTENTION_KINDS, AttentionPlugin, UNetContext
 from .errors import InvalidSamplerArgumentError
 from .schedules import DiscreteSchedule
 
@@ -61,6 +61,10 @@ class CFGEpsModel:
 
     With guidance_scale == 1 or uncond None only the cond half runs (half the UNet work).
     The UNet input is cast to the model's parameter dtype (fp16/bf16 on CUDA) and eps back.
+    guide: latent guidance (pww_ldm.region.guidance.RegionGuidance: `active()`, `shift(x_t,
+    noise_std, run)`): when active it moves x_t to x_t' by gradients of a conditional pass, the
+    prediction is made at x_t', and eps is returned as eps(x_t') + (x_t - x_t') / s_t, so that every
+    sampler family's x_0 estimate (x_t - s_t eps) / alpha_t is the one of the moved latent.
     """
 
     def __init__(self, model: Any) -> None:
@@ -81,12 +85,44 @@ class CFGEpsModel:
         c_concat: torch.Tensor | None = None,
         keep_latent: torch.Tensor | None = None,
         keep_mask: torch.Tensor | None = None,
+        guide: Any = None,
     ) -> torch.Tensor:
-        n, state_dtype, x_t = x_in.shape[0], x_in.dtype, x_in
+        n = x_in.shape[0]
         cond = _rows(cond, n, "cond")
-        guided = uncond is not None and guidance_scale != 1.0
         if c_concat is not None:
             c_concat = _rows(c_concat, n, "c_concat")
+        moved = x_in
+        if guide is not None and guide.active():
+            moved = self._guided(guide, x_in, t, sigma, cond, plugins, c_concat)
+        eps = self._eps(moved, t, sigma, cond, uncond, guidance_scale, plugins, c_concat)
+        if keep_latent is not None:
+            eps = keep_known(eps, moved, sigma, keep_latent, keep_mask)
+        if moved is not x_in:
+            eps = eps + (x_in - moved) / _noise_std(sigma, eps)
+        return eps
+
+    def _guided(self, guide: Any, x_t: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor,
+                cond: torch.Tensor, plugins: Sequence[AttentionPlugin],
+                c_concat: torch.Tensor | None) -> torch.Tensor:
+        """x_t moved by the guide, from conditional passes with the score modifiers (observers
+        such as attention maps are left out: they record the sampling, not the guidance)."""
+        modifiers = tuple(p for p in plugins if any(p.hooks(kind)[0] for kind in ATTENTION_KINDS))
+        extra = {} if c_concat is None else {"c_concat": c_concat}
+        cast = self.dtype or x_t.dtype
+
+        def run(x: torch.Tensor, observers: Sequence[Any]) -> None:
+            context = UNetContext(embeddings=cond.to(cast), sigma=sigma,
+                                  plugins=(*modifiers, *observers), cond_rows=slice(0, x.shape[0]))
+            self.model.apply_model(x.to(cast), t, context, **extra)
+
+        return guide.shift(x_t, _noise_std(sigma, x_t), run).to(x_t.dtype)
+
+    def _eps(self, x_in: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor,
+             uncond: torch.Tensor | None, guidance_scale: float,
+             plugins: Sequence[AttentionPlugin], c_concat: torch.Tensor | None) -> torch.Tensor:
+        """The classifier-free-guided eps (or v converted to eps) at x_in."""
+        n, state_dtype, x_t = x_in.shape[0], x_in.dtype, x_in
+        guided = uncond is not None and guidance_scale != 1.0
         if guided:
             uncond = _rows(uncond, n, "uncond")
             x_in, t, sigma = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([sigma, sigma])
@@ -105,10 +141,13 @@ class CFGEpsModel:
         if guided:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        eps = v_to_eps(out, x_t, sigma[:n]) if self.v_prediction else out
-        if keep_latent is None:
-            return eps
-        return keep_known(eps, x_t, sigma[:n], keep_latent, keep_mask)
+        return v_to_eps(out, x_t, sigma[:n]) if self.v_prediction else out
+
+
+def _noise_std(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """s_t = sigma / sqrt(1 + sigma^2) (n,), the noise std of the DDPM-scaled x_t, as (n,1,1,1)."""
+    s = sigma / (1 + sigma**2).sqrt()
+    return s.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

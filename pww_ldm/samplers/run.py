@@ -126,6 +126,7 @@ def sample_latents(
     disable_progress: bool = False,
     generator_device: torch.device | str = "cpu",
     model_kwargs: dict[str, Any] | None = None,
+    guide: Any = None,
 ) -> torch.Tensor:
     """Sample n = len(seeds) latents (n, *shape) float32, unscaled (before 1 / scale_factor).
 
@@ -140,7 +141,8 @@ def sample_latents(
     to the noise to start from (e.g. per-region seeds); the noise is drawn once either way.
     callback: called each step with k-diffusion's dict {'x', 'i', 'sigma', 'sigma_hat', 'denoised'}.
     model_kwargs: further keywords of every CFGEpsModel call (inpainting: c_concat, keep_latent,
-    keep_mask), tensors moved to `device`.
+    keep_mask), tensors moved to `device`. guide: latent guidance handed to the CFGEpsModel
+    (pww_ldm.region.guidance.RegionGuidance), None = none.
     """
     _check_strength(options, init_latent)
     generators = make_generators(seeds, generator_device)
@@ -157,6 +159,8 @@ def sample_latents(
     extra_args = {"cond": cond.to(device), "guidance_scale": options.guidance_scale,
                   "plugins": tuple(plugins), "uncond": None if uncond is None else uncond.to(device),
                   **{k: v.to(device) for k, v in (model_kwargs or {}).items()}}
+    if guide is not None:
+        extra_args["guide"] = guide
     kwargs = _sampler_kwargs(options, extra_args, callback, disable_progress,
                              noise_cls(generators, shape, device, torch.float32))
     schedule = DiscreteSchedule(model.alphas_cumprod).to(device)
