@@ -16,17 +16,17 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from pww_ldm.webui import pngmeta, regions
+from pww_ldm.webui import events, pngmeta, regions
 from pww_ldm.webui.server import DEMO_DIR, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "benchmarks" / "results" / "webui.png"
 DEMO_MAP = str(DEMO_DIR / "demo_map.png")
 PROMPT = "a red circle, a blue square and a yellow star with sky and ground"
-ROWS = [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],
-        ["#dc1e1e", "red circle", 1.0, -1, 0.0, 0.0, 0],
-        ["#1e3cdc", "blue square", 1.0, -1, 0.0, 0.0, 0],
-        ["#f5d71e", "yellow star", 1.0, -1, 0.0, 0.0, 0]]
+ROWS = [["#ffffff", "", "", "", 1.0, -1, 0.0, 0.0, 0],
+        ["#dc1e1e", "red circle", "", "", 1.0, -1, 0.0, 0.0, 0],
+        ["#1e3cdc", "blue square", "", "", 1.0, -1, 0.0, 0.0, 0],
+        ["#f5d71e", "yellow star", "", "", 1.0, -1, 0.0, 0.0, 0]]
 
 
 def _free_port() -> int:
@@ -54,14 +54,19 @@ def client(server):
     return Client(server["url"], verbose=False)
 
 
+def _editor(path: str, layers=()) -> dict:
+    return {"background": handle_file(path), "layers": [handle_file(p) for p in layers],
+            "composite": handle_file(path), "id": None}
+
+
 def _generate(client: Client, rows=ROWS, prompt=PROMPT, **settings):
     args = dict(model="pww-demo/model.safetensors", prompt=prompt, negative_prompt="",
-                editor={"background": handle_file(DEMO_MAP), "layers": [],
-                        "composite": handle_file(DEMO_MAP), "id": None},
-                rows={"headers": regions.HEADERS, "data": rows, "metadata": None},
+                editor=_editor(DEMO_MAP), table={"headers": regions.HEADERS, "data": rows, "metadata": None},
                 sampler="Euler a", steps=4, cfg_scale=7.5, seed=7, width=64, height=64, batch_size=1,
                 weight_function="std", weight_scale=8.0, init_image=None, strength=0.6,
-                compare=True, keep_seed=True)
+                compare=True, keep_seed=True, mode="txt2img", self_attention=0.0, inpaint_editor=None,
+                mask_upload=None, mask_blur=4, invert_mask=False, only_masked=False,
+                only_masked_padding=32, inpaint_strength=0.75)
     args.update(settings)
     return args, client.submit(**args, api_name="/generate")
 
@@ -96,7 +101,7 @@ def test_generate_returns_the_asked_size_differing_from_no_pww_and_reopens(serve
     (dict(width=100), "width and height must be positive multiples of 8"),
     (dict(prompt="a red circle"), "label 'blue square'.*is not in the prompt"),
     (dict(rows=[[r[0], "", *r[2:]] for r in ROWS]), "nothing to paint"),
-    (dict(rows=[[*ROWS[1][:2], "heavy", *ROWS[1][3:]]]), "row 1 \\(weight\\)"),
+    (dict(rows=[[*ROWS[1][:4], "heavy", *ROWS[1][5:]]]), "row 1 \\(weight\\)"),
     (dict(sampler="Euler b"), "Euler b"),
     (dict(model="/etc/passwd"), "not in the list of choices"),  # no client-named paths
 ])
@@ -217,3 +222,92 @@ def test_browser_paints_labels_generates_and_screenshots(server):
     assert "Steps: 10," in info
     meta = pngmeta.read_png(_samples(server)[-1].read_bytes())  # what the page generated with
     assert sorted(r["label"] for r in meta["regions"]) == ["blue square", "red circle"]
+
+
+def _init_image(tmp_path, size=(64, 64)) -> str:
+    """A smooth colour gradient (a photo-like init image) as a PNG file."""
+    w, h = size
+    x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+    rgb = np.stack([x, y, 255 - x], axis=-1).astype(np.uint8)
+    path = tmp_path / "init.png"
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_img2img_tab_starts_from_the_init_image_with_its_strength(server, client, tmp_path):
+    init = _init_image(tmp_path)
+    plain, _, _ = _generate(client, compare=False, seed=21)[1].result(timeout=120)
+    gallery, info, _ = _generate(client, compare=False, seed=21, mode="img2img",
+                                 init_image=handle_file(init), strength=0.5)[1].result(timeout=120)
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    txt = np.asarray(Image.open(plain[0]["image"]).convert("RGB")).astype(int)
+    assert out.shape == (64, 64, 3) and np.abs(out - txt).mean() > 2.0  # the init image mattered
+    assert "Denoising strength: 0.5" in info
+    settings = pngmeta.read_png(_samples(server)[-1].read_bytes())["settings"]
+    assert settings["mode"] == "img2img" and settings["strength"] == 0.5
+
+
+@pytest.mark.slow
+def test_inpaint_tab_repaints_only_the_mask_with_pww_and_says_so(server, client, tmp_path):
+    init = _init_image(tmp_path)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255  # repaint the right half
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    gallery, info, _ = _generate(client, seed=5, mode="inpaint", inpaint_editor=_editor(init),
+                                 mask_upload=handle_file(str(mask_path)), mask_blur=0,
+                                 inpaint_strength=1.0)[1].result(timeout=120)
+    panel = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    assert panel.shape == (64, 3 * 64, 3) and len(gallery) == 1  # no attention maps: none in inpaint
+    original = np.asarray(Image.open(init).convert("RGB")).astype(int)
+    plain, pww = panel[:, 64:128], panel[:, 128:]
+    for image in (plain, pww):  # mask blur 0: the kept half is the original exactly
+        assert (image[:, :32] == original[:, :32]).all()
+        assert np.abs(image[:, 32:] - original[:, 32:]).mean() > 10
+    assert np.abs(plain[:, 32:] - pww[:, 32:]).mean() > 2.0  # PwW steered inside the mask
+    assert "Mask blur: 0" in info and "Denoising strength: 1.0" in info
+    meta = pngmeta.read_png(_samples(server)[-1].read_bytes())
+    assert meta["settings"]["mode"] == "inpaint" and meta["settings"]["mask_blur"] == 0
+    reopened = client.predict(handle_file(str(_samples(server)[-1])), api_name="/reopen")
+    assert reopened[events.OUT.index("mode")] == "inpaint"
+
+
+@pytest.mark.slow
+def test_inpaint_mask_painted_as_strokes_and_bad_masks_are_messages(server, client, tmp_path):
+    init = _init_image(tmp_path)
+    layer = np.zeros((64, 64, 4), dtype=np.uint8)
+    layer[8:24, 8:40] = (255, 0, 255, 255)  # one stroke, top left
+    layer_path = tmp_path / "layer.png"
+    Image.fromarray(layer).save(layer_path)
+    gallery, _, _ = _generate(client, seed=5, mode="inpaint", compare=False, mask_blur=0,
+                              inpaint_editor=_editor(init, [str(layer_path)]))[1].result(timeout=120)
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    original = np.asarray(Image.open(init).convert("RGB")).astype(int)
+    kept = np.ones((64, 64), dtype=bool)
+    kept[8:24, 8:40] = False
+    assert (out[kept] == original[kept]).all() and np.abs(out[~kept] - original[~kept]).mean() > 10
+    small = tmp_path / "small.png"
+    Image.new("L", (32, 32), 255).save(small)
+    text = tmp_path / "text.png"
+    text.write_text("no image here")
+    before = _samples(server)
+    for settings, message in [(dict(inpaint_editor=_editor(init)), "no mask; paint the area"),
+                              (dict(inpaint_editor=_editor(init), mask_upload=handle_file(str(small))),
+                               "mask is 32x32 px, the image 64x64 px"),
+                              (dict(inpaint_editor=_editor(init), mask_upload=handle_file(str(text))),
+                               "text.png is not an image"),
+                              (dict(), "upload the image to repaint")]:
+        with pytest.raises(AppError, match=message):
+            _generate(client, mode="inpaint", **settings)[1].result(timeout=120)
+    assert _samples(server) == before
+
+
+@pytest.mark.slow
+def test_region_with_its_own_prompt_paints_from_the_table(server, client):
+    rows = [ROWS[0], ROWS[1], ["#1e3cdc", "", "a small blue box", "", 1.0, -1, 0.0, 0.0, 0]]
+    gallery, info, _ = _generate(client, rows=rows, seed=9, compare=False)[1].result(timeout=120)
+    assert "PwW region prompts" in info and "a small blue box" in info
+    meta = pngmeta.read_png(_samples(server)[-1].read_bytes())
+    assert meta["regions"][1] == {"color": "#1e3cdc", "prompt": "a small blue box", "weight": 1.0,
+                                  "seed": None, "blur": 0.0, "outside": 0.0, "occurrence": None}

@@ -68,36 +68,45 @@ def test_color_shares_and_upload_palette():
 
 
 def test_region_table_round_trips_through_json_and_yaml():
-    rows = [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],
-            ["#dc1e1e", "red circle", 1.5, 7, 2.0, -0.5, 2],
-            ["#1e3cdc", "blue square", 1.0, -1, 0.0, 0.0, 0]]
+    rows = [["#ffffff", "", "", "", 1.0, -1, 0.0, 0.0, 0],
+            ["#dc1e1e", "red circle", "", "", 1.5, 7, 2.0, -0.5, 2],
+            ["#1e3cdc", "blue square", "a small blue box", "blurry", 1.0, -1, 0.0, 0.0, 0],
+            ["#1eb43c", "", "a green tree", "", 0.5, -1, 0.0, 0.0, 0]]
     records = regions.records_from_rows(rows)
     assert records[0] == {"color": "#dc1e1e", "label": "red circle", "weight": 1.5, "seed": 7,
                           "blur": 2.0, "outside": -0.5, "occurrence": 2}
     assert records[1]["seed"] is None and records[1]["occurrence"] is None
+    # a region's own prompt and negative prompt under the engine's key names; a row with only a
+    # prompt has no label key (the engine reads "" as a bad label)
+    assert (records[1]["prompt"], records[1]["negative_prompt"]) == ("a small blue box", "blurry")
+    assert records[2]["prompt"] == "a green tree" and "label" not in records[2]
+    assert "negative_prompt" not in records[2]
     for fmt in ("json", "yaml"):
         back = regions.rows_from_regions(regions.loads(regions.dumps(records, fmt)))
         assert back == rows[1:]
 
 
 def test_table_keeps_typed_labels_and_merges_uploads():
-    previous = [["#dc1e1e", "red circle", 2.0, -1, 0.0, 0.0, 0], ["#000000", "cat", 1.0, -1, 0, 0, 0]]
+    previous = [["#dc1e1e", "red circle", "", "", 2.0, -1, 0.0, 0.0, 0],
+                ["#000000", "cat", "", "", 1.0, -1, 0, 0, 0]]
     # rows keep their place (a row being typed in never moves); new colours come after; black,
     # gone from the map, is dropped
     table = regions.table_for_map(["#ffffff", "#dc1e1e"], previous)
-    assert table == [["#dc1e1e", "red circle", 2.0, -1, 0.0, 0.0, 0],
-                     ["#ffffff", "", 1.0, -1, 0.0, 0.0, 0]]
+    assert table == [["#dc1e1e", "red circle", "", "", 2.0, -1, 0.0, 0.0, 0],
+                     ["#ffffff", "", "", "", 1.0, -1, 0.0, 0.0, 0]]
     uploaded = regions.rows_from_regions(regions.loads('{"#ffffff": "sky,0.5", "#00ff00": "tree"}'))
     merged = regions.merge_uploaded(table, uploaded)
-    assert merged[1] == ["#ffffff", "sky", 0.5, -1, 0.0, 0.0, 0]
+    assert merged[1] == ["#ffffff", "sky", "", "", 0.5, -1, 0.0, 0.0, 0]
     assert merged[2][:2] == ["#00ff00", "tree"]
 
 
 @pytest.mark.parametrize("row, message", [
-    (["#dc1e1e", "cat", "heavy", -1, 0, 0, 0], "row 1 \\(weight\\): 'heavy' is not a number"),
-    (["#dc1e1e", "cat", 1, 1.5, 0, 0, 0], "row 1 \\(seed\\).*whole number"),
-    (["#dc1e1e", "cat", 1, -1, -2, 0, 0], "row 1: .*blur must be >= 0"),
-    (["red", "cat", 1, -1, 0, 0, 0], "row 1: bad colour"),
+    (["#dc1e1e", "cat", "", "", "heavy", -1, 0, 0, 0], "row 1 \\(weight\\): 'heavy' is not a number"),
+    (["#dc1e1e", "cat", "", "", 1, 1.5, 0, 0, 0], "row 1 \\(seed\\).*whole number"),
+    (["#dc1e1e", "cat", "", "", 1, -1, -2, 0, 0], "row 1: .*blur must be >= 0"),
+    (["red", "cat", "", "", 1, -1, 0, 0, 0], "row 1: bad colour"),
+    (["#dc1e1e", "cat", "", "blurry", 1, -1, 0, 0, 0], "row 1: .*negative_prompt needs the region's own"),
+    (["#dc1e1e", "cat", 1, -1, 0, 0, 0], "row 1 has 7 cells"),
 ])
 def test_bad_rows_name_the_row_and_the_field(row, message):
     with pytest.raises(regions.RegionTableError, match=message):
@@ -111,8 +120,8 @@ def test_bad_uploaded_region_files_give_a_message():
 
 
 def test_labels_not_in_the_prompt_are_flagged_before_anything_runs():
-    rows = [["#dc1e1e", "red circle", 1, -1, 0, 0, 0], ["#1e3cdc", "cat", 1, -1, 0, 0, 0],
-            ["#00ff00", "blue", 1, -1, 0, 0, 0]]
+    rows = [["#dc1e1e", "red circle", "", "", 1, -1, 0, 0, 0], ["#1e3cdc", "cat", "", "", 1, -1, 0, 0, 0],
+            ["#00ff00", "blue", "", "", 1, -1, 0, 0, 0]]
     shares = {"#dc1e1e": 0.5, "#1e3cdc": 0.5}
     problems = regions.label_problems("a red circle and a blue square", rows, get_tokenizer(), shares)
     assert set(problems) == {"#1e3cdc", "#00ff00"}
@@ -142,8 +151,8 @@ def test_png_reopen_gives_back_settings_regions_and_the_exact_map(tmp_path):
     assert meta["prompt"] == "a red circle" and meta["negative_prompt"] == "blurry"
     assert meta["settings"]["seed"] == 1234 and meta["settings"]["sampler"] == "DDIM"
     assert (meta["map"] == rgb_map).all()
-    assert meta["rows"] == [["#ffffff", "", 1.0, -1, 0.0, 0.0, 0],  # most pixels first
-                            ["#dc1e1e", "red circle", 1.0, -1, 0.0, 0.0, 0]]
+    assert meta["rows"] == [["#ffffff", "", "", "", 1.0, -1, 0.0, 0.0, 0],  # most pixels first
+                            ["#dc1e1e", "red circle", "", "", 1.0, -1, 0.0, 0.0, 0]]
     assert handlers.shares_of(meta["map"]) == {"#ffffff": 110 / 128, "#dc1e1e": 18 / 128}  # 3 x 6 px
 
 

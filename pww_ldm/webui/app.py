@@ -14,6 +14,7 @@ from ..region import WEIGHT_FUNCTIONS
 from ..samplers.registry import sampler_names
 from . import palette, regions
 from .events import UI
+from .worker import MODES
 
 CSS = """
 .pww-swatch {display:inline-block; width:1.1em; height:1.1em; border:1px solid #888;
@@ -40,13 +41,43 @@ def _paint_column(ui: UI) -> dict[str, Any]:
             c["upload_map"] = gr.UploadButton("Upload map", file_types=["image"], elem_id="pww-upload-map")
         with gr.Row():
             c["fill_color"] = gr.Dropdown(list(palette.PALETTE), value=palette.PALETTE[1],
-                                          label="fill colour (click the quantised map to fill)")
+                                          label="fill colour (click the quantised map to fill)",
+                                          elem_id="pww-fill-color")
         c["qmap"] = gr.Image(value=ui.start_map(), type="numpy", format="png", interactive=False,
                              label="quantised map (what PwW sees; click to fill)", elem_id="pww-qmap",
                              height=260)
     with gr.Tab("img2img"):
-        c["init_image"] = gr.Image(type="filepath", sources=["upload"], label="init image (optional)")
+        c["init_image"] = gr.Image(type="filepath", sources=["upload"], label="init image",
+                                   elem_id="pww-init-image")
         c["strength"] = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="denoising strength")
+    with gr.Tab("inpaint"):
+        c.update(_inpaint_tab(ui))
+    return c
+
+
+def _inpaint_tab(ui: UI) -> dict[str, Any]:
+    """Inpainting: the image to repaint with the mask painted on it (or uploaded) and A1111's
+    mask options; the colour map of the Paint tab steers inside the repainted area."""
+    c: dict[str, Any] = {}
+    c["inpaint_editor"] = gr.ImageEditor(
+        type="numpy", image_mode="RGBA", format="png", sources=("upload",), transforms=(),
+        layers=False, label="image to repaint: upload it, paint the area to repaint (any colour)",
+        brush=gr.Brush(colors=["#ffffff", "#000000", "#ff00ff"], default_color="#ff00ff",
+                       color_mode="fixed", default_size=max(2, ui.start["width"] // 10)),
+        eraser=gr.Eraser(default_size=max(2, ui.start["width"] // 10)), elem_id="pww-inpaint-editor",
+        height=360)
+    # A file, not an Image: gradio would decode an Image itself and answer a non-image with a
+    # bare "error"; handlers.open_upload says what is wrong.
+    c["mask_upload"] = gr.File(file_types=["image"], type="filepath", height=90,
+                               label="or upload a mask (white = repaint; the image's size)",
+                               elem_id="pww-mask-upload")
+    with gr.Row():
+        c["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="mask blur (px)")
+        c["inpaint_strength"] = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="denoising strength")
+    with gr.Row():
+        c["invert_mask"] = gr.Checkbox(False, label="invert mask (repaint the unpainted area)")
+        c["only_masked"] = gr.Checkbox(False, label="inpaint only masked (at full width x height)")
+        c["only_masked_padding"] = gr.Slider(0, 256, value=32, step=4, label="only masked padding (px)")
     return c
 
 
@@ -56,12 +87,14 @@ def _regions_column(ui: UI) -> dict[str, Any]:
     c["table"] = gr.Dataframe(value=ui.start_rows(), headers=regions.HEADERS,
                               datatype=regions.DATATYPES, type="array", interactive=True,
                               static_columns=[0],
-                              label="regions (edit label, weight, seed, blur, outside, occurrence)",
+                              label="regions (label of the prompt and/or the region's own prompt; "
+                                    "weight, seed, blur, outside, occurrence)",
                               elem_id="pww-table")
     with gr.Row():
         c["export_json"] = gr.DownloadButton("Download JSON", elem_id="pww-export-json")
-        c["export_yaml"] = gr.DownloadButton("Download YAML")
-        c["import"] = gr.UploadButton("Upload JSON/YAML", file_types=[".json", ".yaml", ".yml"])
+        c["export_yaml"] = gr.DownloadButton("Download YAML", elem_id="pww-export-yaml")
+        c["import"] = gr.UploadButton("Upload JSON/YAML", file_types=[".json", ".yaml", ".yml"],
+                                      elem_id="pww-import")
     return c
 
 
@@ -76,7 +109,7 @@ def _settings_column(ui: UI) -> dict[str, Any]:
         c["cfg_scale"] = gr.Number(s["cfg_scale"], label="CFG scale")
     with gr.Row():
         c["seed"] = gr.Number(-1, precision=0, label="seed (-1 = random)", elem_id="pww-seed")
-        c["reuse_seed"] = gr.Button("♻ last seed", min_width=60)
+        c["reuse_seed"] = gr.Button("♻ last seed", min_width=60, elem_id="pww-reuse-seed")
         c["keep_seed"] = gr.Checkbox(True, label="keep the seed after a run")
     with gr.Row():
         c["width"] = gr.Number(s["width"], precision=0, label="width (multiple of 8)")
@@ -86,7 +119,13 @@ def _settings_column(ui: UI) -> dict[str, Any]:
         c["weight_function"] = gr.Dropdown(list(WEIGHT_FUNCTIONS), value=s["weight_function"],
                                            label="weight function")
         c["weight_scale"] = gr.Number(s["weight_scale"], label="weight scale")
-        c["compare"] = gr.Checkbox(True, label="compare: map | without PwW | with PwW")
+        c["compare"] = gr.Checkbox(True, label="compare: map | without PwW | with PwW",
+                                   elem_id="pww-compare")
+    with gr.Row():
+        c["mode"] = gr.Radio(list(MODES), value="txt2img", elem_id="pww-mode",
+                             label="mode (an upload in img2img / inpaint picks it)")
+        c["self_attention"] = gr.Number(0.0, minimum=0, label="DenseDiffusion self-attention (0 = off; "
+                                        "paper 0.3)", elem_id="pww-self-attention")
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="pww-generate")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="pww-stop")
@@ -98,6 +137,7 @@ def _settings_column(ui: UI) -> dict[str, Any]:
     c["last_seed"] = gr.State(None)
     c["results"] = gr.State(None)
     c["extra_colors"] = gr.State([])
+    c["colors"] = gr.State(None)  # the colours of the last map read, for the table's update
     return c
 
 

@@ -19,13 +19,19 @@ from PIL import Image
 from ..images import check_size
 from ..region.tokens import Tokenizer
 from . import handlers, regions
-from .worker import GenerationStopped, Request, Worker
+from .inputs import build_request, whole
+from .worker import GenerationStopped, Worker
 
+# Fields a reopened PNG sets, in this order (the first twelve are the original's: API clients
+# index the answer); the pww chunk saves them under these names (Request.settings).
 OUT = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-       "batch_size", "weight_function", "weight_scale", "strength"]
+       "batch_size", "weight_function", "weight_scale", "strength", "mode", "self_attention",
+       "inpaint_strength", "mask_blur", "invert_mask", "only_masked", "only_masked_padding"]
 GEN_IN = ["model", "prompt", "negative_prompt", "editor", "extra_colors", "table", "sampler", "steps",
           "cfg_scale", "seed", "width", "height", "batch_size", "weight_function", "weight_scale",
-          "init_image", "strength", "compare", "keep_seed"]
+          "init_image", "strength", "compare", "keep_seed", "mode", "self_attention", "inpaint_editor",
+          "mask_upload", "mask_blur", "invert_mask", "only_masked", "only_masked_padding",
+          "inpaint_strength"]
 PROGRESS = gr.Progress()  # gradio sees this default and passes each call its own tracker
 
 
@@ -40,12 +46,6 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _int(value: Any, name: str) -> int:
-    if value is None or float(value) != int(float(value)):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(float(value))
-
-
 class UI:
     """Handlers bound to one Worker; `start` holds the scene the page opens on (prompt, map
     (H, W, 3) uint8, records, sampler, steps, cfg_scale, width, height, weight settings)."""
@@ -54,9 +54,6 @@ class UI:
         self.worker, self.start, self.tokenizer = worker, start, tokenizer
         self.downloads = tempfile.mkdtemp(prefix="pww-webui-")  # region files offered for download
         self._stops: dict[str, threading.Event] = {}
-        # Per page: the table as its last change event sent it. A map read that started before
-        # a label was typed merges with this, so its answer does not take the label away.
-        self._tables: dict[str, list[list]] = {}
 
     # -- the opening scene
     def start_map(self) -> np.ndarray:
@@ -80,21 +77,27 @@ class UI:
                                     handlers.shares_of(self.start_map()))
 
     # -- painting and the table
-    def on_editor(self, value: dict | None, extra: list[str], rows: list[list], prompt: str,
-                  width: Any, height: Any, request: gr.Request) -> tuple[Any, ...]:
-        """Editor changed: (quantised map, table rows). The table is sent only when its colours
-        changed, so a label typed while this ran is never overwritten."""
-        qmap = handlers.quantized(value, extra, _int(width, "width"), _int(height, "height"))
-        typed = {str(r[0]).lower(): r for r in self._tables.get(request.session_hash or "", [])}
-        rows = [typed.get(str(r[0]).lower(), r) if not str(r[1] or "").strip() else r for r in rows or []]
-        table, _ = handlers.refresh(qmap, rows, prompt or "", self.tokenizer)
-        same = [r[0] for r in table] == [str(r[0]).lower() for r in rows or []]
-        return qmap, gr.skip() if same else table
+    def on_read(self, value: dict | None, extra: list[str], width: Any, height: Any
+                ) -> tuple[np.ndarray, list[str]]:
+        """The editor's value read: (quantised map, its colours, most pixels first). The table is
+        not touched here: `on_colors` updates it afterwards from the table as it is then."""
+        qmap = handlers.quantized(value, extra, whole(width, "width"), whole(height, "height"))
+        return qmap, list(handlers.shares_of(qmap))
 
-    def on_labels(self, prompt: str, rows: list[list], qmap: np.ndarray | None,
-                  request: gr.Request) -> str:
+    def on_colors(self, colors: list[str] | None, rows: list[list], prompt: str,
+                  qmap: np.ndarray | None) -> tuple[Any, str]:
+        """After a map read: (table rows for its colours, legend). `rows` is the table as the
+        page holds it when the read is done, so labels typed while the map was read are kept;
+        the table is sent only when its colours changed, so a row being edited is left alone."""
+        if colors is None:
+            return gr.skip(), gr.skip()
+        table = regions.table_for_map(colors, rows)
+        same = [r[0] for r in table] == [str(r[0]).lower() for r in rows or []]
+        legend = regions.label_report(prompt or "", table, self.tokenizer, handlers.shares_of(qmap))
+        return (gr.skip() if same else table), legend
+
+    def on_labels(self, prompt: str, rows: list[list], qmap: np.ndarray | None) -> str:
         """Prompt or table edited: flag labels that are not in the prompt."""
-        self._tables[request.session_hash or ""] = [list(r) for r in rows or []]
         return regions.label_report(prompt or "", rows or [], self.tokenizer, handlers.shares_of(qmap))
 
     def show(self, qmap: np.ndarray, rows: list[list] | None, prompt: str) -> tuple[Any, ...]:
@@ -105,7 +108,7 @@ class UI:
     def on_clear(self, width: Any, height: Any, prompt: str) -> tuple[Any, ...]:
         """A blank map (the background colour), the brush palette only, an empty table:
         (editor, extra colours, quantised map, rows, legend)."""
-        blank = handlers.palette.blank_map(_int(width, "width"), _int(height, "height"))
+        blank = handlers.palette.blank_map(whole(width, "width"), whole(height, "height"))
         editor, *rest = self.show(blank, None, prompt)
         return editor, [], *rest
 
@@ -113,7 +116,7 @@ class UI:
                       ) -> tuple[Any, ...]:
         """An uploaded map, resized (nearest) to the image size; its colours join the palette:
         (editor, extra colours, quantised map, rows, legend)."""
-        rgb, extra = handlers.upload_map(path, _int(width, "width"), _int(height, "height"))
+        rgb, extra = handlers.upload_map(path, whole(width, "width"), whole(height, "height"))
         editor, *rest = self.show(handlers.palette.quantize(rgb, handlers.active_palette(extra)),
                                   rows, prompt)
         return editor, extra, *rest
@@ -121,7 +124,7 @@ class UI:
     def on_size(self, qmap: np.ndarray | None, width: Any, height: Any, rows: list[list],
                 prompt: str) -> tuple[Any, ...]:
         """Width/height entered: the map follows (nearest), so the canvas is the image's size."""
-        w, h = _int(width, "width"), _int(height, "height")
+        w, h = whole(width, "width"), whole(height, "height")
         check_size(w, h)
         base = qmap if qmap is not None else handlers.palette.blank_map(w, h)
         return self.show(handlers.palette.fit_map(Image.fromarray(base), w, h), rows, prompt)
@@ -159,35 +162,18 @@ class UI:
         return out + [handlers.editor_value(meta["map"]), extra, meta["map"], meta["rows"], legend]
 
     # -- generation
-    def request(self, model: str, prompt: str, negative_prompt: str, editor: dict | None,
-                extra: list[str], rows: list[list], sampler: str, steps: Any, cfg_scale: Any,
-                seed: Any, width: Any, height: Any, batch_size: Any, weight_function: str,
-                weight_scale: Any, init_image: str | None, strength: Any, compare: bool) -> Request:
-        """A Request from the page's values, checked (cheap checks only) before it queues."""
-        w, h = _int(width, "width"), _int(height, "height")
-        check_size(w, h)
-        batch = _int(batch_size, "batch size")
-        if not 1 <= batch <= 8:
-            raise ValueError(f"batch size {batch}: choose 1 to 8")
-        init = handlers.open_upload(init_image).convert("RGB") if init_image else None
-        return Request(model=model, prompt=prompt or "", negative_prompt=negative_prompt or "",
-                       color_map=handlers.quantized(editor, extra, w, h),
-                       regions=regions.records_from_rows(rows or []), sampler=sampler,
-                       steps=_int(steps, "steps"), cfg_scale=float(cfg_scale), seed=_int(seed, "seed"),
-                       width=w, height=h, batch_size=batch, weight_function=weight_function,
-                       weight_scale=float(weight_scale), init_image=init, strength=float(strength),
-                       compare=bool(compare))
-
     def generate(self, model: str, prompt: str, negative_prompt: str, editor: dict | None,
-                 extra: list[str], rows: list[list], sampler: str, steps: Any, cfg_scale: Any,
+                 extra_colors: list[str], table: list[list], sampler: str, steps: Any, cfg_scale: Any,
                  seed: Any, width: Any, height: Any, batch_size: Any, weight_function: str,
                  weight_scale: Any, init_image: str | None, strength: Any, compare: bool,
-                 keep_seed: bool, request: gr.Request, progress: gr.Progress = PROGRESS
-                 ) -> tuple[Any, ...]:
-        """Generate: (gallery, settings text, seed box, last seed, results state)."""
-        req = self.request(model, prompt, negative_prompt, editor, extra, rows, sampler, steps,
-                           cfg_scale, seed, width, height, batch_size, weight_function,
-                           weight_scale, init_image, strength, compare)
+                 keep_seed: bool, mode: str, self_attention: Any, inpaint_editor: dict | None,
+                 mask_upload: str | None, mask_blur: Any, invert_mask: bool, only_masked: bool,
+                 only_masked_padding: Any, inpaint_strength: Any, request: gr.Request,
+                 progress: gr.Progress = PROGRESS) -> tuple[Any, ...]:
+        """Generate: (gallery, settings text, seed box, last seed, results state). The parameters
+        are GEN_IN's, spelt out because gradio names the API's parameters after them."""
+        values = {name: value for name, value in locals().items() if name in GEN_IN}
+        req = build_request(values)
         stop = self._stops.setdefault(request.session_hash or "", threading.Event())
         stop.clear()
 

@@ -26,12 +26,15 @@ def _wire_paint(ui: UI, c: dict[str, Any]) -> None:
     size = [c["width"], c["height"]]
     shown = [c["editor"], c["qmap"], c["table"], c["legend"]]
     table = [c["table"], c["prompt"]]
-    # The legend is computed in a second step, from the prompt and table as they are then: typing
-    # while the map was read must not be answered with a legend of the text before.
-    c["refresh"].click(user_errors(ui.on_editor), [c["editor"], c["extra_colors"], *table, *size],
-                       shown[1:3], trigger_mode="always_last", show_progress="hidden", api_name=False
-                       ).then(user_errors(ui.on_labels), [c["prompt"], c["table"], c["qmap"]], c["legend"],
-                              show_progress="hidden", api_name=False)
+    # Two steps, so a label typed while the map is read is not reverted: the read (queued, maybe
+    # slow) returns the map and its colours only; the table is then updated from its value as
+    # the page holds it at that moment, in a short unqueued call.
+    c["refresh"].click(user_errors(ui.on_read), [c["editor"], c["extra_colors"], *size],
+                       [c["qmap"], c["colors"]], trigger_mode="always_last", show_progress="hidden",
+                       api_name=False
+                       ).then(user_errors(ui.on_colors), [c["colors"], *table, c["qmap"]],
+                              [c["table"], c["legend"]], queue=False, show_progress="hidden",
+                              api_name=False)
     c["clear"].click(user_errors(ui.on_clear), [*size, c["prompt"]],
                      [c["editor"], c["extra_colors"], *shown[1:]], api_name=False)
     c["upload_map"].upload(user_errors(ui.on_upload_map), [c["upload_map"], *size, *table],
@@ -70,3 +73,5 @@ def wire(ui: UI, c: dict[str, Any], app: Any) -> None:
     c["compare"].change(ui.gallery, [c["results"], c["compare"]], c["gallery"], api_name=False)
     c["reuse_seed"].click(lambda last, seed: seed if last is None else last,
                           [c["last_seed"], c["seed"]], c["seed"], api_name=False)
+    c["init_image"].upload(lambda _: "img2img", c["init_image"], c["mode"], api_name=False)
+    c["inpaint_editor"].upload(lambda _: "inpaint", c["inpaint_editor"], c["mode"], api_name=False)

@@ -20,9 +20,11 @@ from ..heatmaps import attention_grid, label_masks
 from ..images import check_size, image_grid, save_png
 from ..pipeline import resolve_seed
 from ..region import parse_color_context
+from ..region.features import FeatureOptions
 from .pngmeta import pww_chunk
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+MODES = ("txt2img", "img2img", "inpaint")
 Progress = Callable[[str, int, int], None]  # (phase, step done, total steps)
 
 
@@ -76,7 +78,10 @@ class ModelPool:
 @dataclass(frozen=True)
 class Request:
     """One generation: every setting, as the page sends them. color_map: (H, W, 3) uint8, the
-    quantised map at width x height; regions: colour-context records of the labelled colours."""
+    quantised map at width x height; regions: colour-context records of the named colours.
+    mode: "txt2img", "img2img" (init_image, strength) or "inpaint" (init_image, mask: "L" image
+    of init_image's size, white = repaint, with A1111's mask blur / invert / only-masked options;
+    strength is then the inpaint tab's). self_attention: DenseDiffusion's w^s (0 = off)."""
 
     model: str
     prompt: str
@@ -95,14 +100,34 @@ class Request:
     init_image: Image.Image | None = field(default=None, repr=False)
     strength: float = 0.6
     compare: bool = True
+    mode: str = "txt2img"
+    mask: Image.Image | None = field(default=None, repr=False)
+    mask_blur: float = 4.0
+    invert_mask: bool = False
+    only_masked: bool = False
+    only_masked_padding: int = 32
+    self_attention: float = 0.0
 
     def settings(self, seed: int) -> dict[str, Any]:
         """The UI fields saved in the `pww` chunk, with the seed actually used."""
-        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale,
-                "seed": seed, "width": self.width, "height": self.height,
-                "batch_size": self.batch_size, "weight_function": self.weight_function,
-                "weight_scale": self.weight_scale,
-                "strength": self.strength if self.init_image is not None else None}
+        out = {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale,
+               "seed": seed, "width": self.width, "height": self.height,
+               "batch_size": self.batch_size, "weight_function": self.weight_function,
+               "weight_scale": self.weight_scale, "mode": self.mode,
+               "self_attention": self.self_attention,
+               "strength": self.strength if self.mode == "img2img" else None}
+        if self.mode == "inpaint":
+            out.update(inpaint_strength=self.strength, mask_blur=self.mask_blur,
+                       invert_mask=self.invert_mask, only_masked=self.only_masked,
+                       only_masked_padding=self.only_masked_padding)
+        return out
+
+    def inpaint_options(self) -> dict[str, Any]:
+        """The pww_ldm.inpaint keywords of an inpaint request (none for the other modes)."""
+        if self.mode != "inpaint":
+            return {}
+        return dict(mask_image=self.mask, mask_blur=self.mask_blur, invert_mask=self.invert_mask,
+                    only_masked=self.only_masked, only_masked_padding=self.only_masked_padding)
 
 
 @dataclass
@@ -135,37 +160,57 @@ class Worker:
         Raises the engine's ValueError subclasses for bad input before sampling, and
         GenerationStopped when `stop` is set between two steps (nothing is written then).
         """
-        import pww_ldm
-
         check_size(request.width, request.height)
         if not request.regions:
             raise ValueError("nothing to paint: give at least one colour of the map a label "
-                             "(the labels must be words of the prompt)")
+                             "(the labels must be words of the prompt) or its own prompt")
         model, lock = self.pool.get(request.model)
         seed = resolve_seed(request.seed)
         common = dict(steps=request.steps, guidance_scale=request.cfg_scale, seed=seed,
                       sampler=request.sampler, negative_prompt=request.negative_prompt,
                       width=request.width, height=request.height, n_images=request.batch_size,
-                      progress=False)
+                      progress=False, **request.inpaint_options())
         if request.init_image is not None:
             common.update(init_image=request.init_image, strength=request.strength)
         color_map = Image.fromarray(request.color_map)
         with lock:
-            images, maps = pww_ldm.paint_with_words(
-                model, request.prompt, color_map, request.regions, return_attention=True,
-                weight_function=request.weight_function, weight_scale=request.weight_scale,
-                callback=self._callback("with PwW", request, stop, progress), **common)
+            images, maps = self._with_pww(model, request, color_map, common, stop, progress)
             plain = []
             if request.compare:
-                plain = pww_ldm.generate(
-                    model, request.prompt,
-                    callback=self._callback("without PwW", request, stop, progress), **common)
-        panels = [image_grid([color_map, p, i]) for p, i in zip(plain, images)]
-        masks = label_masks(color_map, parse_color_context(request.regions), images[0].size)
-        attention = [attention_grid(image, maps, masks, color_map, row)
-                     for row, image in enumerate(images)]
+                plain = self._without_pww(model, request, common, stop, progress)
+        shown = color_map.resize(images[0].size, Image.NEAREST)  # inpaint "only masked": the init's size
+        panels = [image_grid([shown, p, i]) for p, i in zip(plain, images)]
+        attention = []
+        if maps:
+            masks = label_masks(shown, parse_color_context(request.regions), images[0].size)
+            attention = [attention_grid(image, maps, masks, shown, row) for row, image in enumerate(images)]
         return Result(images, plain, panels, attention, self._save(request, seed, images, panels),
                       seed)
+
+    def _with_pww(self, model: Any, request: Request, color_map: Image.Image, common: dict[str, Any],
+                  stop: threading.Event | None, progress: Progress | None
+                  ) -> tuple[list[Image.Image], dict[str, Any]]:
+        """(images with PwW, attention maps by label; none for inpainting: the engine has none)."""
+        import pww_ldm
+
+        features = FeatureOptions(self_attention=request.self_attention)
+        out = pww_ldm.paint_with_words(
+            model, request.prompt, color_map, request.regions, return_attention=request.mode != "inpaint",
+            weight_function=request.weight_function, weight_scale=request.weight_scale,
+            features=features, callback=self._callback("with PwW", request, stop, progress), **common)
+        return out if request.mode != "inpaint" else (out, {})
+
+    def _without_pww(self, model: Any, request: Request, common: dict[str, Any],
+                     stop: threading.Event | None, progress: Progress | None) -> list[Image.Image]:
+        """The same seeds and settings without Paint-with-Words (the comparison's middle panel)."""
+        import pww_ldm
+
+        callback = self._callback("without PwW", request, stop, progress)
+        if request.mode == "inpaint":
+            kw = dict(common)
+            return pww_ldm.inpaint(model, request.prompt, kw.pop("init_image"), kw.pop("mask_image"),
+                                   callback=callback, **kw)
+        return pww_ldm.generate(model, request.prompt, callback=callback, **common)
 
     @staticmethod
     def _callback(phase: str, request: Request, stop: threading.Event | None,
