@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -74,6 +74,9 @@ class UNetContext:
         the unconditional rows `slice(0, n)`); None: every row is conditional. A slice rather
         than an index tensor: the attention layers cut the batch with views, without a gather.
     grid: (h, w) of the attention layer this context was narrowed to by `at_grid`, else None.
+    approx: the state of the sampling run's optional approximations (a `pww_ldm.approx.ApproxRun`:
+        token merging, feature caching), None for the exact UNet. Typed Any: this module
+        imports nothing of the package.
     """
 
     embeddings: torch.Tensor
@@ -81,6 +84,7 @@ class UNetContext:
     plugins: tuple[AttentionPlugin, ...] = ()
     cond_rows: slice | None = None
     grid: tuple[int, int] | None = None
+    approx: Any = None
 
     def at_grid(self, h: int, w: int) -> UNetContext:
         """The same context for an attention layer whose hidden state is an h x w grid."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .approx import Approximations
 from .checkpoint import ArchitectureMismatchError
 from .conditioning import AttentionPlugin
 from .fast import is_fast, refreeze
@@ -71,6 +72,13 @@ def _check_model(model: LatentDiffusion, n_images: int) -> None:
     if factor != LATENT_FACTOR:
         raise ArchitectureMismatchError(f"the model's VAE downsamples by {factor}; the pipeline "
                                         f"needs SD's factor {LATENT_FACTOR}")
+
+
+def _check_approx(model: LatentDiffusion, approx: Approximations | None) -> None:
+    if approx is not None and approx.active and (
+            is_fast(model) or getattr(model.model.diffusion_model, "_compiled_call_impl", None)):
+        raise ValueError("the approximations (ToMe, DeepCache) need the eager UNet: load the "
+                         "model without fast=True / compile=True (--fast / --compile)")
 
 
 def _init_latent(model: LatentDiffusion, init_image: Image.Image | None,
@@ -162,7 +170,8 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
              extra_parameters: Mapping[str, Any] | None = None,
              extra_chunks: tuple[torch.Tensor, torch.Tensor] | None = None,
              mask: torch.Tensor | None = None, init_latent: torch.Tensor | None = None,
-             return_latents: bool = False, guide: Any = None, **sampling: Any) -> Any:
+             return_latents: bool = False, guide: Any = None,
+             approx: Approximations | None = None, **sampling: Any) -> Any:
     """Generate `n_images` images; the core of txt2img, img2img and paint_with_words.
 
     options: the SamplingOptions; or leave it None and give its fields as keywords (sampler=,
@@ -174,7 +183,9 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     [0, 1], 1 = repaint, with init_image: inpainting (pww_ldm.masking.sampler_inputs; use
     pww_ldm.inpaint for blur, crop and paste-back). init_latent (1 or n, 4, H/8, W/8): img2img
     from a diffusion latent instead of init_image (the hires fix's upscaled latent). guide: latent
-    guidance for the sampler (region attention guidance, see pww_ldm.region.guidance). Returns width
+    guidance for the sampler (region attention guidance, see pww_ldm.region.guidance). approx:
+    the optional approximations of the UNet (pww_ldm.approx.Approximations: ToMe token merging,
+    DeepCache feature caching; None = exact), named in the images' parameters. Returns width
     x height RGB PIL images with `info["parameters"]`, or with return_latents the sampled
     latents (n, 4, H/8, W/8).
     """
@@ -186,6 +197,7 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
                         f"{sorted(sampling)}")
     check_size(width, height)
     _check_model(model, n_images)
+    _check_approx(model, approx)
     seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
     loras = lora_manager(model)
@@ -203,13 +215,15 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
         model, options, cond=cond, uncond=uncond, shape=shape, seeds=seeds, plugins=active,
         init_latent=init_latent, noise_transform=regions.initial_noise if seeded else None,
         device=model.device, callback=callback, disable_progress=not progress,
-        model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)), guide=guide)
+        model_kwargs=sampler_inputs(model, mask, pixels, init_latent, (height, width)), guide=guide,
+        approx=approx)
     if return_latents:
         return latents
     images = to_pil(decode_latents(model, latents))
 
     settings = _settings(model, options, width, height, img2img, extra_parameters)
     settings.setdefault("Lora hashes", loras.hashes_text())
+    settings.update(approx.parameters() if approx is not None else {})
     for image, image_seed in zip(images, seeds):
         settings["Seed"] = image_seed
         image.info["parameters"] = format_parameters(prompt, negative_prompt, settings)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..conditioning import UNetContext
 from .cross_attention import CrossAttention
+from .token_merge import Merge, bipartite_soft_matching_2d, draw_destinations
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -72,9 +73,30 @@ class BasicTransformerBlock(nn.Module):
                 ) -> torch.Tensor:
         """x (B, h*w, dim), context (B, 77, context_dim) or UNetContext -> (B, h*w, dim)."""
         hooks = context if isinstance(context, UNetContext) else None
-        x = self.attn1(self.norm1(x), unet_context=hooks) + x
+        matching = _token_merging(x, hooks)
+        if matching is None:
+            x = self.attn1(self.norm1(x), unet_context=hooks) + x
+        else:  # ToMe: self-attention over the merged tokens only; cross-attention sees them all
+            merge, unmerge = matching
+            x = unmerge(self.attn1(merge(self.norm1(x)), unet_context=hooks)) + x
         x = self.attn2(self.norm2(x), context=context) + x
         return self.ff(self.norm3(x)) + x
+
+
+def _token_merging(x: torch.Tensor, hooks: UNetContext | None) -> tuple[Merge, Merge] | None:
+    """ToMe's (merge, unmerge) for the self-attention of x (B, h*w, dim), or None for exact.
+
+    Merges where the run's approximations say so (pww_ldm.approx) and no plug-in acts on the
+    self-attention (its scores are per pixel: DenseDiffusion's modulation, self-attention maps)."""
+    run = hooks.approx if hooks is not None else None
+    if run is None or not run.merges(hooks.grid) or hooks.active_plugins("self"):
+        return None
+    h, w = hooks.grid
+    settings = run.settings
+    choice = draw_destinations(h, w, settings.tome_stride, run.generator)
+    # tomesd: r = int(N * ratio), computed on the hidden state before the norm
+    return bipartite_soft_matching_2d(x, h, w, int(x.shape[1] * settings.tome), settings.tome_stride,
+                                      choice)
 
 
 class SpatialTransformer(nn.Module):

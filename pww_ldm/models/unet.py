@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -224,18 +225,58 @@ class UNetModel(nn.Module):
         Returns (B, out_channels, h, w).
         """
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        run = context.approx if isinstance(context, UNetContext) else None
+        if run is not None:
+            return self._approximated(x, emb, context, run)
         skips = []
         h = x
         for module in self.input_blocks:
             h = module(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
-        for module in self.output_blocks:
+        return self._up(h, skips, self.output_blocks, emb, context)
+
+    def _up(self, h: torch.Tensor, skips: list[torch.Tensor], blocks: Sequence[nn.Module],
+            emb: torch.Tensor, context: torch.Tensor | UNetContext | None,
+            keep: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """The output `blocks` (the last len(skips) of output_blocks) on h, consuming `skips`;
+        keep(i, h) sees the feature entering each block i. Returns the UNet's output."""
+        for i, module in enumerate(blocks):
+            if keep is not None:
+                keep(i, h)
             h = torch.cat([h, skips.pop()], dim=1)
             # On the way up, upsample to the grid of the next skip connection, not blindly 2x:
             # a 75-row latent went down as 75 -> 38 -> 19 -> 10 and must come back the same way.
             h = module(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
         return self.out(h)
+
+    def _approximated(self, x: torch.Tensor, emb: torch.Tensor, context: UNetContext,
+                      run: Any) -> torch.Tensor:
+        """The forward under a run's approximations (pww_ldm.approx.ApproxRun): token merging
+        happens in the transformer blocks; DeepCache decides here which blocks run.
+
+        A full call keeps the feature entering output block n - 1 - branch (n output blocks);
+        a cached call runs input blocks 0..branch, then output blocks n - 1 - branch.. on it."""
+        branch = run.settings.deepcache_branch
+        if run.caching and branch >= len(self.input_blocks):
+            raise ValueError(f"deepcache_branch {branch} is too deep for this UNet: it has "
+                             f"{len(self.input_blocks)} input blocks; use 0..{len(self.input_blocks) - 1}")
+        deep = run.start_call(self.attention_grids(*x.shape[-2:]), (x.shape, x.dtype, x.device))
+        depth = len(self.input_blocks) if deep is None else branch + 1
+        skips, h = [], x
+        for module in self.input_blocks[:depth]:
+            h = module(h, emb, context)
+            skips.append(h)
+        if deep is not None:
+            return self._up(deep, skips, self.output_blocks[-depth:], emb, context)
+        h = self.middle_block(h, emb, context)
+        cached_at = len(self.output_blocks) - 1 - branch
+
+        def keep(i: int, feature: torch.Tensor) -> None:
+            if run.caching and i == cached_at:
+                run.keep(feature)
+
+        return self._up(h, skips, self.output_blocks, emb, context, keep)
 
 
 Block = Callable[..., nn.Module]

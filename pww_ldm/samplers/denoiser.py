@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..approx import Approximations, start_run
 from ..conditioning import ATTENTION_KINDS, AttentionPlugin, UNetContext
 from .errors import InvalidSamplerArgumentError
 from .schedules import DiscreteSchedule
@@ -61,16 +62,21 @@ class CFGEpsModel:
 
     With guidance_scale == 1 or uncond None only the cond half runs (half the UNet work).
     The UNet input is cast to the model's parameter dtype (fp16/bf16 on CUDA) and eps back.
+    approx (constructor): the optional approximations of the guided UNet calls
+    (pww_ldm.approx.Approximations; None = exact), their state living as long as this object.
     guide: latent guidance (pww_ldm.region.guidance.RegionGuidance: `active()`, `shift(x_t,
     noise_std, run)`): when active it moves x_t to x_t' by gradients of a conditional pass, the
     prediction is made at x_t', and eps is returned as eps(x_t') + (x_t - x_t') / s_t, so that every
     sampler family's x_0 estimate (x_t - s_t eps) / alpha_t is the one of the moved latent.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, approx: Approximations | None = None) -> None:
         self.model = model
         self.dtype = model_dtype(model)
         self.v_prediction = getattr(model, "parameterization", "eps") == "v"
+        # one sampling run per CFGEpsModel: its approximations' state (DeepCache's kept feature,
+        # ToMe's generator) starts fresh here and never outlives the run
+        self.approx_run = start_run(approx)
 
     def __call__(
         self,
@@ -135,7 +141,7 @@ class CFGEpsModel:
         if self.dtype is not None:
             x_in, embeddings = x_in.to(self.dtype), embeddings.to(self.dtype)
         context = UNetContext(embeddings=embeddings, sigma=sigma, plugins=tuple(plugins),
-                              cond_rows=cond_rows)
+                              cond_rows=cond_rows, approx=self.approx_run)
         extra = {} if c_concat is None else {"c_concat": c_concat}
         out = self.model.apply_model(x_in, t, context, **extra).to(state_dtype)
         if guided:

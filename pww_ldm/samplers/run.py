@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..approx import Approximations
 from ..conditioning import AttentionPlugin
 from .ddim import make_ddim_timesteps
 from .denoiser import CFGEpsModel, KDenoiser
@@ -127,6 +128,7 @@ def sample_latents(
     generator_device: torch.device | str = "cpu",
     model_kwargs: dict[str, Any] | None = None,
     guide: Any = None,
+    approx: Approximations | None = None,
 ) -> torch.Tensor:
     """Sample n = len(seeds) latents (n, *shape) float32, unscaled (before 1 / scale_factor).
 
@@ -142,7 +144,8 @@ def sample_latents(
     callback: called each step with k-diffusion's dict {'x', 'i', 'sigma', 'sigma_hat', 'denoised'}.
     model_kwargs: further keywords of every CFGEpsModel call (inpainting: c_concat, keep_latent,
     keep_mask), tensors moved to `device`. guide: latent guidance handed to the CFGEpsModel
-    (pww_ldm.region.guidance.RegionGuidance), None = none.
+    (pww_ldm.region.guidance.RegionGuidance), None = none. approx: the optional approximations
+    of the UNet (pww_ldm.approx: token merging, feature caching), their state fresh for this run.
     """
     _check_strength(options, init_latent)
     generators = make_generators(seeds, generator_device)
@@ -166,4 +169,4 @@ def sample_latents(
     schedule = DiscreteSchedule(model.alphas_cumprod).to(device)
     run = _run_k if options.spec.family == "k" else _run_timesteps
     with torch.no_grad():
-        return run(CFGEpsModel(model), schedule, options, noise, init, kwargs).float()
+        return run(CFGEpsModel(model, approx), schedule, options, noise, init, kwargs).float()
