@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import paths
 from .allocator import tune_malloc
+from .approx import Approximations
 from .cli_text import add_text_flags, check_text, positive_int, prepare_text
 from .heatmaps import attention_report
 from .hires import add_hires_flags, hires_fix, hires_options
@@ -65,6 +66,15 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="UNet compiled with weight freezing (pww_ldm.fast): minutes of compiling "
                         "at the first image of each size")
+    p.add_argument("--tome", type=float, default=0.0, metavar="RATIO",
+                   help="approximate: token merging (ToMe for SD) in the self-attention of the "
+                        "finest UNet level, merging RATIO of its tokens, e.g. 0.5 (default 0 = off)")
+    p.add_argument("--deepcache", type=int, default=0, metavar="N",
+                   help="approximate: DeepCache, the whole UNet every N-th call and only its shallow "
+                        "blocks on the cached deep feature in between, e.g. 3 (default 0 = off)")
+    p.add_argument("--deepcache-branch", type=int, default=1, metavar="B",
+                   help="DeepCache's shallow part: input blocks 0..B and their output blocks "
+                        "(default 1; larger = more of the UNet on every call, slower and closer)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--vae", type=str, default=None,
                    help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
@@ -191,6 +201,7 @@ class Inputs:
     init_image: Image.Image | None
     width: int
     height: int
+    approx: Approximations | None = None
 
 
 def _check_numbers(args: argparse.Namespace, img2img: bool) -> None:
@@ -217,6 +228,7 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
     another tokenizer still gets its labels checked (after the load).
     """
     _check_numbers(args, img2img)
+    approx = approximations(args)
     hires_options(args)  # --hr-* checked before the model loads
     embeddings = check_text(args)
     init = open_image(args.init_img, "init image") if img2img else None
@@ -240,7 +252,20 @@ def check_inputs(args: argparse.Namespace, img2img: bool) -> Inputs:
                 # such labels again with the model's own tokenizer
                 if not any(name in args.prompt for name in embeddings):
                     raise
-    return Inputs(color_map, regions, init, width, height)
+    return Inputs(color_map, regions, init, width, height, approx)
+
+
+def approximations(args: argparse.Namespace) -> Approximations | None:
+    """The --tome / --deepcache / --deepcache-branch settings, checked (UsageError), or None
+    when none is on. They need the eager UNet: not with --fast or --compile."""
+    try:
+        approx = Approximations(tome=args.tome, deepcache=args.deepcache,
+                                deepcache_branch=args.deepcache_branch)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (--tome / --deepcache / --deepcache-branch)") from None
+    if approx.active and (args.fast or args.compile):
+        raise UsageError("--tome and --deepcache need the eager UNet: leave out --fast / --compile")
+    return approx if approx.active else None
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -272,7 +297,8 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
     count = len(list(sample_dir.glob("*.png")))
     common = dict(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler,
                   negative_prompt=args.negative_prompt, n_images=args.n_samples, eta=args.eta,
-                  progress=not args.quiet, width=inputs.width, height=inputs.height)
+                  progress=not args.quiet, width=inputs.width, height=inputs.height,
+                  approx=inputs.approx)
     if img2img:
         common.update(init_image=inputs.init_image, strength=args.strength)
         common.update(getattr(args, "inpaint", None) or {})  # mask_image and the rest (inpaint_cli)

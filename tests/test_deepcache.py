@@ -137,3 +137,19 @@ def test_paint_with_words_still_places_the_demo_objects(approx):
     plain_iou, pww_iou = region_ious(demo_model(), approx=approx)
     # exact, 8 steps: 0.00 without PwW, 0.45 with it (mean over the 3 objects; the star is missed)
     assert pww_iou > plain_iou + 0.3
+
+
+def test_script_flags(tmp_path, capsys):
+    from PIL import Image
+
+    from pww_ldm.cli import main
+
+    assert main(["--tome", "1.5", "--outdir", str(tmp_path)]) == 2  # refused before the model loads
+    assert "tome" in capsys.readouterr().err
+    assert main(["--deepcache", "3", "--fast", "--outdir", str(tmp_path)]) == 2
+    assert "eager UNet" in capsys.readouterr().err
+    assert not tmp_path.joinpath("samples").exists()
+    assert main(["--tome", "0.5", "--deepcache", "3", "--steps", "4", "--quiet", "--no-compare",
+                 "--outdir", str(tmp_path)]) == 0  # the demo model and its scene
+    parameters = Image.open(tmp_path / "samples" / "00000.png").info["parameters"]
+    assert "ToMe: 0.5" in parameters and "DeepCache: 3 (branch 1)" in parameters
