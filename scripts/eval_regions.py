@@ -3,6 +3,8 @@
     python scripts/eval_regions.py                       # 24 held-out layouts, all conditions
     python scripts/eval_regions.py --n 4 --out /tmp/ev   # a quick look
     python scripts/eval_regions.py --families all --n 50 --n-hard 10   # + the hard layout families
+    python scripts/eval_regions.py --merge a/eval_regions.json b/eval_regions.json --out c
+                                                         # one report of runs split over processes
 
 Prints a markdown table; writes outputs/eval_regions/eval_regions.{md,json,png} (pass
 --out benchmarks/results to update the committed results).
@@ -40,10 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--conditions", nargs="*", default=None,
                    help="names of the conditions to run (default: all), e.g. 'no PwW' 'max x0.8'")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RUN.json",
+                   help="write one report of earlier runs' eval_regions.json (same conditions, "
+                        "e.g. the families run in separate processes) instead of running")
     p.add_argument("--out", default=str(DEFAULT_OUT),
                    help=f"output folder (default {DEFAULT_OUT}; benchmarks/results holds the "
                         "committed results)")
     return p
+
+
+def merge(paths: list[str], out: str) -> int:
+    """Write one report (md, json, the runs' figures stacked) of runs written by this script."""
+    from PIL import Image
+
+    from pww_ldm.train.eval_regions import load_results, report, write_results
+
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        print(f"error: --merge: no such file {missing}", file=sys.stderr)
+        return 2
+    conditions, runs = load_results([Path(p) for p in paths])
+    figures = [Image.open(Path(p).with_suffix(".png")).convert("RGB") for p in paths
+               if Path(p).with_suffix(".png").is_file()]
+    stacked = Image.new("RGB", (max(f.width for f in figures), sum(f.height for f in figures)),
+                        "white") if figures else Image.new("RGB", (1, 1), "white")
+    top = 0
+    for f in figures:
+        stacked.paste(f, (0, top))
+        top += f.height
+    settings = {"merged": runs, "wall_s": sum(r.get("wall_s", 0.0) for r in runs)}
+    print(report(conditions, settings))
+    paths_out = write_results(conditions, stacked, Path(out), settings)
+    print(json.dumps({k: str(v) for k, v in paths_out.items()}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = build_parser()
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     set_threads(args.threads)
     conditions = default_conditions()
     if args.conditions:

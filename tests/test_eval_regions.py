@@ -70,3 +70,31 @@ def test_shipped_model_uses_its_caption() -> None:
     assert row["gain"] == pytest.approx(row["wrong"] - row["right"])
     assert row["gain"] > 0.015
     assert row["right"] < row["empty"] < row["wrong"]
+
+
+def _run_json(path: Path, family: str, ious: dict[str, list[float]]) -> Path:
+    """A result file as write_results lays it out, with hand-chosen per-object IoUs."""
+    conditions = [{"name": name, "weight_function": None, "weight_scale": None, "outside": 0.0,
+                   "background": 0.0, "features": {}, "own_prompts": False,
+                   "summary": {}, "summary_by_family": {},
+                   "per_object": [{"iou": v, "family": family, "layout": i}
+                                  for i, v in enumerate(values)]}
+                  for name, values in ious.items()]
+    path.write_text(json.dumps({"settings": {"families": [family], "wall_s": 2.0},
+                                "conditions": conditions}))
+    return path
+
+
+def test_merged_runs_pool_their_objects(tmp_path):
+    from pww_ldm.train.eval_regions import load_results
+
+    a = _run_json(tmp_path / "a.json", "train", {"no PwW": [0.1, 0.3], "std x8": [0.5, 0.7]})
+    b = _run_json(tmp_path / "b.json", "edges", {"std x8": [0.2], "no PwW": [0.0]})
+    conditions, settings = load_results([a, b])
+    assert [c.name for c in conditions] == ["no PwW", "std x8"]  # the first run's order
+    assert conditions[1].summary()["iou"] == pytest.approx((0.5 + 0.7 + 0.2) / 3)
+    assert conditions[1].summary(("edges",))["iou"] == pytest.approx(0.2)
+    assert [s["families"] for s in settings] == [["train"], ["edges"]]
+    c = _run_json(tmp_path / "c.json", "small", {"no PwW": [0.0]})
+    with pytest.raises(ValueError, match="'std x8' is missing"):
+        load_results([a, c])

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..approx import Approximations
 from ..pipeline import paint_with_words
 from ..region.adherence import adherence
 from ..region.features import FeatureOptions
@@ -49,7 +50,8 @@ MAP_TOP, MAP_BOTTOM = (0, 200, 200), (120, 90, 60)
 class Condition:
     """One way of generating: no PwW (weight_function None) or a weight function and scale,
     plus the region features (FeatureOptions fields, e.g. {"self_attention": 0.3}) and whether
-    each object's region carries its own prompt ("a red circle") besides its label."""
+    each object's region carries its own prompt ("a red circle") besides its label; approx: the
+    UNet's optional approximations (pww_ldm.approx.Approximations fields, e.g. {"tome": 0.5})."""
 
     name: str
     weight_function: str | None = None
@@ -58,6 +60,7 @@ class Condition:
     background: float = 0.0  # weight of the background's words ("sky", "ground") on their area
     features: dict[str, Any] = field(default_factory=dict)
     own_prompts: bool = False
+    approx: dict[str, Any] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self, families: tuple[str, ...] | None = None) -> dict[str, float]:
@@ -135,7 +138,10 @@ def score_object(pred: np.ndarray, region: np.ndarray) -> dict[str, float]:
 def default_conditions() -> list[Condition]:
     """No PwW; each built-in weight function over scales; the strongest settings with a negative
     weight outside each object's region or the background painted; and the region features
-    (DenseDiffusion self-attention 0.3 and cross 1.0, per-region prompts) alone and combined."""
+    (DenseDiffusion self-attention 0.3 and cross 1.0, per-region prompts) alone and combined;
+    the demo's std x8 with the UNet's approximations (ToMe, DeepCache), for their cost in IoU; the
+    strongest self-attention setting of a subset (1.0 over half the steps), with and without a
+    negative weight outside; attention guidance (pww_ldm.region.guidance)."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
@@ -154,6 +160,16 @@ def default_conditions() -> list[Condition]:
               Condition("dense cross 1 + self 0.3", features={**cross, **self_attn}),
               Condition("std x8, dense cross 1 + self 0.3", "std", 8.0,
                         features={**cross, **self_attn})]
+    conds += [Condition("std x8, tome 0.5", "std", 8.0, approx={"tome": 0.5}),
+              Condition("std x8, deepcache 2", "std", 8.0, approx={"deepcache": 2}),
+              Condition("std x8, deepcache 3", "std", 8.0, approx={"deepcache": 3}),
+              Condition("std x8, tome 0.5 + deepcache 3", "std", 8.0,
+                        approx={"tome": 0.5, "deepcache": 3})]
+    strong_self = {"self_attention": 1.0, "window": 0.5}
+    conds += [Condition("std x8, self 1.0 (window 0.5)", "std", 8.0, features=strong_self),
+              Condition("std x8, outside -1, self 1.0 (window 0.5)", "std", 8.0, -1.0,
+                        features=strong_self),
+              Condition("std x8, guidance 0.5", "std", 8.0, features={"guidance": 0.5})]
     return conds
 
 
@@ -178,7 +194,9 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
     images, maps = paint_with_words(model, prompt, painted, context,
                                     weight_function=cond.weight_function or "max",
                                     weight_scale=cond.weight_scale, return_attention=True,
-                                    features=FeatureOptions(**cond.features), **common)
+                                    features=FeatureOptions(**cond.features),
+                                    approx=Approximations(**cond.approx) if cond.approx else None,
+                                    **common)
     return images[0], maps, time.perf_counter() - t0
 
 
@@ -303,9 +321,31 @@ def figure(rows: list[list[Image.Image]], names: list[str], size: int = 128) -> 
     return grid
 
 
-def write_results(conditions: list[Condition], rows: list[list[Image.Image]], out_dir: Path,
-                  settings: dict[str, Any], stem: str = "eval_regions") -> dict[str, Path]:
-    """Write <stem>.md, <stem>.json and <stem>.png under out_dir (temporary name, then rename)."""
+def load_results(paths: list[Path]) -> tuple[list[Condition], list[dict[str, Any]]]:
+    """The conditions of several runs' <stem>.json (write_results), each condition's per-object
+    scores concatenated in the order of `paths` (runs over different families or layouts of one
+    benchmark, e.g. one process per family), and each run's settings. Conditions keep the first
+    run's order; a condition missing from a run raises ValueError (the runs do not match)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    names = [c["name"] for c in runs[0]["conditions"]]
+    merged = []
+    for name in names:
+        found = [next((c for c in run["conditions"] if c["name"] == name), None) for run in runs]
+        if any(c is None for c in found):
+            missing = [str(p) for p, c in zip(paths, found, strict=True) if c is None]
+            raise ValueError(f"condition {name!r} is missing from {missing}: merge runs of the same "
+                             "conditions")
+        fields = {k: v for k, v in found[0].items()
+                  if k not in ("summary", "summary_by_family", "per_object")}
+        merged.append(Condition(**fields, scores=[s for c in found for s in c["per_object"]]))
+    return merged, [run["settings"] for run in runs]
+
+
+def write_results(conditions: list[Condition], rows: list[list[Image.Image]] | Image.Image,
+                  out_dir: Path, settings: dict[str, Any], stem: str = "eval_regions"
+                  ) -> dict[str, Path]:
+    """Write <stem>.md, <stem>.json and <stem>.png under out_dir (temporary name, then rename).
+    rows: the figure's rows (evaluate), or the finished figure (merged runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = report(conditions, settings)
     data = {"settings": settings, "correlation": correlation(conditions),
@@ -317,7 +357,8 @@ def write_results(conditions: list[Condition], rows: list[list[Image.Image]], ou
     paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json",
              "png": out_dir / f"{stem}.png"}
     writers = {"md": lambda p: p.write_text(md), "json": lambda p: p.write_text(json.dumps(data, indent=1)),
-               "png": lambda p: figure(rows, [c.name for c in conditions]).save(p, format="PNG")}
+               "png": lambda p: (rows if isinstance(rows, Image.Image) else figure(
+                   rows, [c.name for c in conditions])).save(p, format="PNG")}
     for key, path in paths.items():
         tmp = path.with_name(path.name + ".tmp")
         writers[key](tmp)
