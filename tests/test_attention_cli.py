@@ -20,7 +20,8 @@ def keep_threads():
 @pytest.mark.slow
 def test_demo_model_writes_maps_and_scores(capsys, tmp_path, keep_threads):
     status = cli.main(["--steps", "2", "--threads", "1", "--outdir", str(tmp_path), "--quiet",
-                       "--no-compare", "--attention-maps", "--self-attention", "0.3"])
+                       "--no-compare", "--attention-maps", "--self-attention", "0.3",
+                       "--attention-guidance", "0.2"])
     out, err = capsys.readouterr()
     assert status == 0, err
     maps = sorted((tmp_path / "attention").glob("00000-attn-*.png"))
@@ -30,7 +31,8 @@ def test_demo_model_writes_maps_and_scores(capsys, tmp_path, keep_threads):
     assert labels == {"red circle", "blue square", "yellow star"}
     assert Image.open(maps[-1]).size[0] == 5 * 128
     assert out.count("attention of ") == 3 and "IoU" in out
-    assert "PwW self-attention: 0.3" in Image.open(tmp_path / "samples" / "00000.png").info["parameters"]
+    parameters = Image.open(tmp_path / "samples" / "00000.png").info["parameters"]
+    assert "PwW self-attention: 0.3" in parameters and "PwW guidance: 0.2" in parameters
 
 
 def test_overlay_outline_and_ramp():
