@@ -91,8 +91,9 @@ def _regions_column(ui: UI) -> dict[str, Any]:
                                     "weight, seed, blur, outside, occurrence)",
                               elem_id="pww-table")
     with gr.Row():
-        c["export_json"] = gr.DownloadButton("Download JSON", elem_id="pww-export-json")
-        c["export_yaml"] = gr.DownloadButton("Download YAML", elem_id="pww-export-yaml")
+        exports = ui.on_export(ui.start_rows())
+        c["export_json"] = gr.DownloadButton("Download JSON", exports[0], elem_id="pww-export-json")
+        c["export_yaml"] = gr.DownloadButton("Download YAML", exports[1], elem_id="pww-export-yaml")
         c["import"] = gr.UploadButton("Upload JSON/YAML", file_types=[".json", ".yaml", ".yml"],
                                       elem_id="pww-import")
     return c
@@ -110,7 +111,7 @@ def _settings_column(ui: UI) -> dict[str, Any]:
     with gr.Row():
         c["seed"] = gr.Number(-1, precision=0, label="seed (-1 = random)", elem_id="pww-seed")
         c["reuse_seed"] = gr.Button("♻ last seed", min_width=60, elem_id="pww-reuse-seed")
-        c["keep_seed"] = gr.Checkbox(True, label="keep the seed after a run")
+        c["keep_seed"] = gr.Checkbox(True, label="keep the seed after a run", elem_id="pww-keep-seed")
     with gr.Row():
         c["width"] = gr.Number(s["width"], precision=0, label="width (multiple of 8)")
         c["height"] = gr.Number(s["height"], precision=0, label="height (multiple of 8)")

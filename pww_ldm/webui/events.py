@@ -7,9 +7,11 @@ an error with that message for API clients); the server keeps running and nothin
 from __future__ import annotations
 
 import functools
+import hashlib
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -135,9 +137,18 @@ class UI:
         x, y = evt.index
         return self.show(handlers.fill(qmap, x, y, color), rows, prompt)
 
-    def on_export(self, rows: list[list], fmt: str) -> str:
-        """The labelled rows as a file to download."""
-        return str(handlers.export_table(rows, fmt, tempfile.mkdtemp(dir=self.downloads)))
+    def on_export(self, rows: list[list] | None) -> tuple[str | None, str | None]:
+        """The table as regions.json and regions.yaml, the download buttons' values (kept up to
+        date on each table change: a download button offers the file it holds when clicked).
+        None for a table with a bad cell: generating names it. One folder per content, so
+        repeated edits do not pile files up."""
+        try:
+            text = regions.dumps(regions.records_from_rows(rows or []))
+        except regions.RegionTableError:
+            return None, None
+        folder = Path(self.downloads) / hashlib.sha256(text.encode()).hexdigest()[:16]
+        return (str(handlers.export_table(rows or [], "json", folder)),
+                str(handlers.export_table(rows or [], "yaml", folder)))
 
     def on_import(self, path: str, rows: list[list], prompt: str, qmap: np.ndarray | None
                   ) -> tuple[list[list], str]:

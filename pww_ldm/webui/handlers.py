@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_file
 from ..region.tokens import Tokenizer
 from . import palette, regions
 from .pngmeta import MAX_PIXELS, read_png
@@ -109,10 +110,12 @@ def import_table(path: str | os.PathLike, rows: list[list]) -> list[list]:
 
 
 def export_table(rows: list[list], fmt: str, folder: str | os.PathLike) -> Path:
-    """The labelled rows as a regions.json / regions.yaml file in `folder` (for download)."""
+    """The named rows as a regions.json / regions.yaml file in `folder` (for download), written
+    atomically: two pages may write the same file at once."""
     text = regions.dumps(regions.records_from_rows(rows), fmt)
     path = Path(folder) / f"regions.{fmt}"
-    path.write_text(text, encoding="utf-8")
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.write(text)
     return path
 
 

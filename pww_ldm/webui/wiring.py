@@ -51,9 +51,8 @@ def _wire_table(ui: UI, c: dict[str, Any]) -> None:
     for event in (c["prompt"].change, c["table"].change):
         event(user_errors(ui.on_labels), [c["prompt"], c["table"], c["qmap"]], c["legend"],
               trigger_mode="always_last", show_progress="hidden", api_name=False)
-    for fmt in ("json", "yaml"):
-        c[f"export_{fmt}"].click(user_errors(lambda rows, f=fmt: ui.on_export(rows, f)), c["table"],
-                                 c[f"export_{fmt}"], api_name=False)
+    c["table"].change(ui.on_export, c["table"], [c["export_json"], c["export_yaml"]], queue=False,
+                      trigger_mode="always_last", show_progress="hidden", api_name=False)
     c["import"].upload(user_errors(ui.on_import), [c["import"], c["table"], c["prompt"], c["qmap"]],
                        [c["table"], c["legend"]], api_name=False)
     c["reopen"].upload(user_errors(ui.on_reopen), c["reopen"],
