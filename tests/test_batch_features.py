@@ -22,6 +22,7 @@ from pww_ldm.batch import job_hash, load_jobs, main, open_inputs, read_records
 from pww_ldm.batch.features import TextSettings
 from pww_ldm.batch.module import model_id
 from pww_ldm.hires import hires_fix
+from pww_ldm.region.features import FeatureOptions
 
 CONTEXT = {"#ff0000": "cat,2"}
 BASE = {"steps": 2, "width": 32, "height": 32}
@@ -291,3 +292,28 @@ def test_vae_v_pred_and_clip_skip_range(work, ckpt, capsys):
     err = capsys.readouterr().err
     assert "job 'deep' (line 3)" in err and "from 1 (last layer) to 2" in err
     assert not list((work / "bad").glob("*.png"))
+
+
+def test_region_feature_fields_reach_the_library_and_the_hash(work, ckpt, capsys):
+    pww = {"prompt": "a cat", "seed": 4, "steps": 2, "color_map": "map.png", "color_context": CONTEXT}
+    bad = write_jobs(work, [{"id": "neg", **pww, "self_attention": -0.3},
+                            {"id": "word", **pww, "attention_guidance": "strong"}])
+    assert run(bad, work / "bad", ckpt) == 2
+    err = capsys.readouterr().err
+    assert "field 'self_attention'" in err and "field 'attention_guidance'" in err
+    assert not (work / "bad").exists()
+    jobs = [{"id": "plain", **pww}, {"id": "dense", **pww, "self_attention": 0.3, "dense_cross": 1.0},
+            {"id": "guided", **pww, "attention_guidance": 0.2}]
+    outdir = work / "out"
+    assert run(write_jobs(work, jobs, {}), outdir, ckpt) == 0
+    model = pww_ldm.load_model(ckpt, device="cpu")
+    want = pww_ldm.paint_with_words(model, "a cat", Image.open(work / "map.png"), CONTEXT, steps=2,
+                                    seed=4, progress=False,
+                                    features=FeatureOptions(self_attention=0.3, dense_cross=1.0))
+    assert np.array_equal(pixels(outdir / "dense.png"), np.asarray(want[0].convert("RGB"), np.int16))
+    assert "PwW self-attention: 0.3" in parameters(outdir / "dense.png")
+    assert "PwW dense cross: 1.0" in parameters(outdir / "dense.png")
+    assert "PwW guidance: 0.2" in parameters(outdir / "guided.png")
+    assert "PwW self-attention" not in parameters(outdir / "plain.png")
+    hashes = [r["hash"] for r in read_records(outdir / "manifest.jsonl")]
+    assert len(set(hashes)) == 3

@@ -23,8 +23,11 @@ from PIL import Image
 from ..cli_text import check_text, embeddings_dir, prepare_text
 from ..lora import DEFAULT_LORA_DIR, extract_lora_tags, lora_shorthash, parse_lora_arg, resolve_lora
 from ..models.embeddings import embedding_files
+from ..region.features import FeatureOptions
 from ..user_errors import UsageError
 from .jobs import Job
+
+FEATURE_FIELDS = ("self_attention", "dense_cross", "attention_guidance")  # job fields, 0 = off
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def feature_payload(job: Job, text: TextSettings, mask_digest: str | None) -> di
 
     loras: [name, A1111 shorthash of the tensor data, weight]; embeddings: sha256 of each file
     whose name the prompt or negative prompt holds; clip_skip: the job's or the run's; mask and
-    hires: their fields.
+    hires: their fields; features: the region features the job turns on (none: no entry).
     """
     payload: dict[str, Any] = {}
     loras = job_loras(job, text)
@@ -105,6 +108,9 @@ def feature_payload(job: Job, text: TextSettings, mask_digest: str | None) -> di
     if job.hr_scale is not None:
         payload["hires"] = {"scale": job.hr_scale, "denoise": job.hr_denoise,
                             "upscaler": job.hr_upscaler, "steps": job.hr_steps}
+    features = {k: getattr(job, k) for k in FEATURE_FIELDS if getattr(job, k)}
+    if features:
+        payload["features"] = features
     return payload
 
 
@@ -121,7 +127,9 @@ def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.I
         n_images=job.n_images, eta=job.eta, progress=False, extra_parameters={"Job hash": digest})
     pww = dict(color_map_image=inputs.color_map, color_context=inputs.regions,
                weight_function=job.weight_function, weight_scale=job.weight_scale,
-               resample=job.resample, strict=job.strict)
+               resample=job.resample, strict=job.strict,
+               features=FeatureOptions(self_attention=job.self_attention, dense_cross=job.dense_cross,
+                                       guidance=job.attention_guidance))
     with job_clip_skip(model, job.clip_skip):
         if job.mask_image is None and job.hr_scale is None:
             return paint_with_words(model, job.prompt, init_image=inputs.init_image,

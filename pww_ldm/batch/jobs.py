@@ -87,6 +87,9 @@ class Job:
     hr_upscaler: str = "latent"
     hr_steps: int | None = None
     clip_skip: int | None = None
+    self_attention: float = 0.0
+    dense_cross: float = 0.0
+    attention_guidance: float = 0.0
     field_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def output_names(self) -> list[str]:
