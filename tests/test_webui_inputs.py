@@ -3,8 +3,12 @@ the table and legend, and the table update after a map read (the label race)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pww_ldm.models.tokenizer import get_tokenizer
@@ -84,6 +88,8 @@ def test_an_uploaded_mask_replaces_the_strokes_and_must_have_the_image_size(tmp_
     (dict(mode="outpaint"), "mode 'outpaint'"),
     (dict(self_attention=-0.3), "self-attention -0.3"),
     (dict(table=[["#dc1e1e", "", "", "blurry", 1.0, -1, 0.0, 0.0, 0]]), "needs the region's own prompt"),
+    (dict(table=[["#1e3cdc", "", "a blue box", "", 1.0, -1, 0.0, 0.0, 0]]),
+     "#1e3cdc of region 'a blue box' is not in the colour map"),
 ])
 def test_bad_mode_inputs_say_what_to_do(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -135,3 +141,17 @@ def test_after_a_map_read_the_table_keeps_labels_typed_meanwhile():
     # same colours: the table is not sent at all, so a cell being edited is left alone
     same, _ = ui.on_colors(colors, table, "a red circle under the sky", qmap)
     assert same == {"__type__": "update"}  # gr.skip(): an update that changes nothing
+
+
+def test_download_files_follow_the_table_and_a_bad_table_offers_none(tmp_path):
+    ui = _ui()
+    rows = [["#dc1e1e", "cat", "a ginger cat", "", 1.5, -1, 0.0, 0.0, 0]]
+    json_path, yaml_path = ui.on_export(rows)
+    expected = [{"color": "#dc1e1e", "label": "cat", "prompt": "a ginger cat", "weight": 1.5, "seed": None,
+                 "blur": 0.0, "outside": 0.0, "occurrence": None}]
+    assert json.loads(Path(json_path).read_text()) == expected
+    assert yaml.safe_load(Path(yaml_path).read_text()) == expected
+    assert ui.on_export([list(r) for r in rows])[0] == json_path  # same table, same file
+    changed = ui.on_export([["#dc1e1e", "dog", "", "", 1.0, -1, 0.0, 0.0, 0]])[0]
+    assert changed != json_path and json.loads(Path(changed).read_text())[0]["label"] == "dog"
+    assert ui.on_export([["#dc1e1e", "cat", "", "", "heavy", -1, 0, 0, 0]]) == (None, None)

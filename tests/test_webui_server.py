@@ -233,6 +233,24 @@ def test_inpaint_mask_painted_as_strokes_and_bad_masks_are_messages(server, clie
 
 
 @pytest.mark.slow
+def test_inpaint_only_masked_keeps_the_init_size_and_everything_outside_the_box(client, tmp_path):
+    init = _init_image(tmp_path, size=(96, 64))
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[24:40, 60:76] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    gallery, info, _ = _generate(client, mode="inpaint", compare=False, inpaint_editor=_editor(init),
+                                 mask_upload=handle_file(str(mask_path)), mask_blur=0, only_masked=True,
+                                 only_masked_padding=8)[1].result(timeout=120)
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB")).astype(int)
+    original = np.asarray(Image.open(init).convert("RGB")).astype(int)
+    assert out.shape == (64, 96, 3)  # the init image's size, not width x height (64 x 64)
+    assert "Inpaint area: Only masked" in info and "Masked area padding: 8" in info
+    assert (out[:, :40] == original[:, :40]).all()  # far outside the padded box
+    assert np.abs(out[24:40, 60:76] - original[24:40, 60:76]).mean() > 10
+
+
+@pytest.mark.slow
 def test_region_with_its_own_prompt_paints_from_the_table(server, client):
     rows = [ROWS[0], ROWS[1], ["#1e3cdc", "", "a small blue box", "", 1.0, -1, 0.0, 0.0, 0]]
     gallery, info, _ = _generate(client, rows=rows, seed=9, compare=False)[1].result(timeout=120)

@@ -159,13 +159,13 @@ def test_png_reopen_gives_back_settings_regions_and_the_exact_map(tmp_path):
 def test_png_reopen_reads_a1111_parameters_without_a_pww_chunk():
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, "
-                  "CFG scale: 7, Seed: 5, Size: 512x768")
+                  "CFG scale: 7, Seed: 5, Size: 512x768, Mask blur: 6, Masked area padding: 16")
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG", pnginfo=info)
     meta = pngmeta.read_png(buffer.getvalue())
     assert meta["prompt"] == "a cat" and meta["negative_prompt"] == "dog"
     assert meta["settings"] == {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0, "seed": 5,
-                                "width": 512, "height": 768}
+                                "width": 512, "height": 768, "mask_blur": 6.0, "only_masked_padding": 16}
 
 
 def test_png_reopen_rejects_other_files():

@@ -116,10 +116,17 @@ def build_request(values: dict[str, Any]) -> Request:
     self_attention = float(values.get("self_attention") or 0.0)
     if self_attention < 0:
         raise ValueError(f"self-attention {self_attention}: must be >= 0 (0 = off)")
+    color_map = handlers.quantized(values["editor"], values["extra_colors"], w, h)
+    records = regions.records_from_rows(values["table"] or [])
+    present = handlers.shares_of(color_map)
+    for record in records:
+        if record["color"].lower() not in present:
+            raise regions.RegionTableError(f"colour {record['color']} of region "
+                                           f"{record.get('label') or record.get('prompt')!r} is not "
+                                           f"in the colour map; the map's colours are {list(present)}")
     return Request(model=values["model"], prompt=values["prompt"] or "",
-                   negative_prompt=values["negative_prompt"] or "",
-                   color_map=handlers.quantized(values["editor"], values["extra_colors"], w, h),
-                   regions=regions.records_from_rows(values["table"] or []), sampler=values["sampler"],
+                   negative_prompt=values["negative_prompt"] or "", color_map=color_map,
+                   regions=records, sampler=values["sampler"],
                    steps=whole(values["steps"], "steps"), cfg_scale=float(values["cfg_scale"]),
                    seed=whole(values["seed"], "seed"), width=w, height=h, batch_size=batch,
                    weight_function=values["weight_function"],

@@ -194,10 +194,14 @@ class Worker:
         import pww_ldm
 
         features = FeatureOptions(self_attention=request.self_attention)
+        # "Only masked" crops the map with the image: a region outside the crop paints nothing
+        # there and is dropped, not an error (the page checked every colour on the whole map).
+        cropped = request.mode == "inpaint" and request.only_masked
         out = pww_ldm.paint_with_words(
             model, request.prompt, color_map, request.regions, return_attention=request.mode != "inpaint",
             weight_function=request.weight_function, weight_scale=request.weight_scale,
-            features=features, callback=self._callback("with PwW", request, stop, progress), **common)
+            features=features, strict=not cropped,
+            callback=self._callback("with PwW", request, stop, progress), **common)
         return out if request.mode != "inpaint" else (out, {})
 
     def _without_pww(self, model: Any, request: Request, common: dict[str, Any],
