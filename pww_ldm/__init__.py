@@ -7,6 +7,7 @@ Importing changes nothing in the process. On Linux, a long CPU run is faster aft
 `pww_ldm.allocator.tune_malloc()` (the scripts call it first; see that module for why).
 """
 
+from .approx import Approximations
 from .inpaint import inpaint
 from .loading import load_model
 from .lora import apply_lora
@@ -16,7 +17,7 @@ from .region import RegionContext, load_color_context, parse_color_context
 from .region.features import FeatureOptions
 from .samplers.registry import sampler_names
 
-__all__ = ["FeatureOptions", "RegionContext", "apply_lora", "generate", "img2img", "inpaint",
-           "load_color_context", "load_embeddings", "load_model", "paint_with_words",
+__all__ = ["Approximations", "FeatureOptions", "RegionContext", "apply_lora", "generate", "img2img",
+           "inpaint", "load_color_context", "load_embeddings", "load_model", "paint_with_words",
            "parse_color_context", "sampler_names", "txt2img"]
 __version__ = "0.1.0"
