@@ -185,7 +185,7 @@ def _state(row: Row, problem: str | None) -> str:
     c = cells(row)
     label, own = cell_text(c["label"]), cell_text(c["prompt"])
     if not is_named(row):
-        return "<i>no label: paints nothing</i>"
+        return "<i>no label or own prompt: paints nothing</i>"
     if problem is not None:
         return f"<b class='pww-bad'>&#9888; {html.escape(problem)}</b>"
     said = [f"&#10003; {html.escape(label)}"] if label else []
