@@ -34,7 +34,8 @@ def _values(**changes):
                   weight_function="std", weight_scale=8.0, init_image=None, strength=0.6,
                   compare=True, keep_seed=True, mode="txt2img", self_attention=0.0,
                   inpaint_editor=None, mask_upload=None, mask_blur=4, invert_mask=False,
-                  only_masked=False, only_masked_padding=32, inpaint_strength=0.75)
+                  only_masked=False, only_masked_padding=32, inpaint_strength=0.75,
+                  attention_guidance=0.0)
     assert set(values) == set(GEN_IN)  # the page sends exactly these
     values.update(changes)
     return values
@@ -87,6 +88,8 @@ def test_an_uploaded_mask_replaces_the_strokes_and_must_have_the_image_size(tmp_
     (dict(mode="img2img"), "upload an init image"),
     (dict(mode="outpaint"), "mode 'outpaint'"),
     (dict(self_attention=-0.3), "self-attention -0.3"),
+    (dict(attention_guidance=-0.5), "attention guidance -0.5: must be >= 0 \\(0 = off\\)"),
+    (dict(attention_guidance=float("nan")), "attention guidance nan: must be >= 0"),
     (dict(table=[["#dc1e1e", "", "", "blurry", 1.0, -1, 0.0, 0.0, 0]]), "needs the region's own prompt"),
     (dict(table=[["#1e3cdc", "", "a blue box", "", 1.0, -1, 0.0, 0.0, 0]]),
      "#1e3cdc of region 'a blue box' is not in the colour map"),
@@ -104,13 +107,15 @@ def test_a_mask_upload_that_is_not_an_image_is_a_message(tmp_path):
                                      mask_upload=str(path)))
 
 
-def test_img2img_and_self_attention_reach_the_request(tmp_path):
+def test_img2img_self_attention_and_guidance_reach_the_request(tmp_path):
     path = tmp_path / "init.png"
     Image.new("RGB", (20, 12), (1, 2, 3)).save(path)
     req = inputs.build_request(_values(mode="img2img", init_image=str(path), strength=0.4,
-                                       self_attention=0.3))
+                                       self_attention=0.3, attention_guidance=0.5))
     assert req.init_image.size == (20, 12) and req.strength == 0.4 and req.mask is None
     assert req.inpaint_options() == {} and req.self_attention == 0.3
+    assert req.attention_guidance == 0.5 and req.settings(1)["attention_guidance"] == 0.5
+    assert inputs.build_request(_values(attention_guidance=None)).attention_guidance == 0.0  # empty box
     assert req.settings(1)["strength"] == 0.4 and "mask_blur" not in req.settings(1)
 
 

@@ -127,6 +127,10 @@ def _settings_column(ui: UI) -> dict[str, Any]:
                              label="mode (an upload in img2img / inpaint picks it)")
         c["self_attention"] = gr.Number(0.0, minimum=0, label="DenseDiffusion self-attention (0 = off; "
                                         "paper 0.3)", elem_id="pww-self-attention")
+        c["attention_guidance"] = gr.Number(
+            0.0, minimum=0, label="attention guidance (0 = off)", elem_id="pww-attention-guidance",
+            info="backward attention guidance (Chen et al. 2024), a step in noise std; off by default, "
+                 "no gain measured on the demo model")
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="pww-generate")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="pww-stop")

@@ -30,6 +30,15 @@ def whole(value: Any, name: str) -> int:
     return int(float(value))
 
 
+def off_or_positive(value: Any, name: str) -> float:
+    """A feature's strength from a page field (empty = 0 = off); ValueError naming the field when
+    it is negative or not a number (NaN fails `>= 0` too)."""
+    number = float(value or 0.0)
+    if not number >= 0:
+        raise ValueError(f"{name} {number}: must be >= 0 (0 = off)")
+    return number
+
+
 def _rgb(array: np.ndarray) -> Image.Image:
     """(H, W, 3 or 4) uint8 -> RGB image (alpha composited over white, as the maps)."""
     return Image.fromarray(handlers.palette.flatten(np.asarray(array).astype(np.uint8)))
@@ -113,9 +122,8 @@ def build_request(values: dict[str, Any]) -> Request:
     batch = whole(values["batch_size"], "batch size")
     if not 1 <= batch <= 8:
         raise ValueError(f"batch size {batch}: choose 1 to 8")
-    self_attention = float(values.get("self_attention") or 0.0)
-    if self_attention < 0:
-        raise ValueError(f"self-attention {self_attention}: must be >= 0 (0 = off)")
+    self_attention = off_or_positive(values.get("self_attention"), "self-attention")
+    guidance = off_or_positive(values.get("attention_guidance"), "attention guidance")
     color_map = handlers.quantized(values["editor"], values["extra_colors"], w, h)
     records = regions.records_from_rows(values["table"] or [])
     present = handlers.shares_of(color_map)
@@ -131,4 +139,4 @@ def build_request(values: dict[str, Any]) -> Request:
                    seed=whole(values["seed"], "seed"), width=w, height=h, batch_size=batch,
                    weight_function=values["weight_function"],
                    weight_scale=float(values["weight_scale"]), compare=bool(values["compare"]),
-                   self_attention=self_attention, **_mode_inputs(values))
+                   self_attention=self_attention, attention_guidance=guidance, **_mode_inputs(values))

@@ -81,7 +81,8 @@ class Request:
     quantised map at width x height; regions: colour-context records of the named colours.
     mode: "txt2img", "img2img" (init_image, strength) or "inpaint" (init_image, mask: "L" image
     of init_image's size, white = repaint, with A1111's mask blur / invert / only-masked options;
-    strength is then the inpaint tab's). self_attention: DenseDiffusion's w^s (0 = off)."""
+    strength is then the inpaint tab's). self_attention: DenseDiffusion's w^s (0 = off);
+    attention_guidance: FeatureOptions.guidance, the backward guidance step (0 = off)."""
 
     model: str
     prompt: str
@@ -107,6 +108,7 @@ class Request:
     only_masked: bool = False
     only_masked_padding: int = 32
     self_attention: float = 0.0
+    attention_guidance: float = 0.0
 
     def settings(self, seed: int) -> dict[str, Any]:
         """The UI fields saved in the `pww` chunk, with the seed actually used."""
@@ -114,7 +116,7 @@ class Request:
                "seed": seed, "width": self.width, "height": self.height,
                "batch_size": self.batch_size, "weight_function": self.weight_function,
                "weight_scale": self.weight_scale, "mode": self.mode,
-               "self_attention": self.self_attention,
+               "self_attention": self.self_attention, "attention_guidance": self.attention_guidance,
                "strength": self.strength if self.mode == "img2img" else None}
         if self.mode == "inpaint":
             out.update(inpaint_strength=self.strength, mask_blur=self.mask_blur,
@@ -193,7 +195,8 @@ class Worker:
         """(images with PwW, attention maps by label; none for inpainting: the engine has none)."""
         import pww_ldm
 
-        features = FeatureOptions(self_attention=request.self_attention)
+        features = FeatureOptions(self_attention=request.self_attention,
+                                  guidance=request.attention_guidance)
         # "Only masked" crops the map with the image: a region outside the crop paints nothing
         # there and is dropped, not an error (the page checked every colour on the whole map).
         cropped = request.mode == "inpaint" and request.only_masked
