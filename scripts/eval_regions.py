@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "same_shape, tight_row, or all")
     p.add_argument("--n-hard", type=int, default=None,
                    help="layouts per family other than train (default: --n)")
+    p.add_argument("--first", type=int, default=0,
+                   help="start at this layout of each family (split a run over processes, then "
+                        "--merge their results)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--conditions", nargs="*", default=None,
                    help="names of the conditions to run (default: all), e.g. 'no PwW' 'max x0.8'")
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.first < 0:
+        p.error(f"--first must be >= 0, got {args.first}")
     set_threads(args.threads)
     conditions = default_conditions()
     if args.conditions:
@@ -104,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     conditions, rows = evaluate(model, n_layouts=args.n, seed=args.seed, steps=args.steps,
                                 guidance_scale=args.guidance_scale, sampler=args.sampler,
                                 conditions=conditions, n_examples=args.examples,
-                                families=families, n_hard=args.n_hard,
+                                families=families, n_hard=args.n_hard, first=args.first,
                                 log=lambda s: print(s, file=sys.stderr))
     settings = {"ckpt": Path(args.ckpt).name, "layouts": args.n, "seed": args.seed,
                 "families": list(families), "layouts_per_hard_family": args.n_hard or args.n,
+                "first_layout": args.first,
                 "threads": args.threads,
                 "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                 "size": 128, "wall_s": round(time.time() - t0, 1)}

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import pww_ldm
 from pww_ldm.train.eval_regions import Condition, evaluate
@@ -98,3 +99,34 @@ def test_merged_runs_pool_their_objects(tmp_path):
     c = _run_json(tmp_path / "c.json", "small", {"no PwW": [0.0]})
     with pytest.raises(ValueError, match="'std x8' is missing"):
         load_results([a, c])
+
+
+def test_first_layout_and_objects_only_in_their_regions(monkeypatch):
+    """evaluate(first=) runs layouts first.. with seeds seed + i; objects_in_prompt=False gives
+    a background-only prompt and label-free region prompts (checked on what paint_with_words gets)."""
+    from PIL import Image as PILImage
+
+    import pww_ldm.train.eval_regions as ev
+    from pww_ldm.train.shapes import BACKGROUNDS
+
+    calls = []
+
+    def fake(model, prompt, painted, context, **kwargs):
+        calls.append((prompt, context, kwargs["seed"]))
+        maps = {f"prompt: {r['prompt']}": torch.ones(1, 16, 16) for r in context if "prompt" in r}
+        maps.update({r["label"]: torch.ones(1, 16, 16) for r in context if "label" in r})
+        return [PILImage.new("RGB", painted.size, "white")], maps
+
+    monkeypatch.setattr(ev, "paint_with_words", fake)
+    only = Condition("only", "std", 8.0, objects_in_prompt=False, weight=2.0)
+    conds, _ = ev.evaluate(None, n_layouts=2, first=3, seed=10, size=128, n_examples=0,
+                           conditions=[Condition("std x8", "std", 8.0), only], log=lambda s: None)
+    assert [c[2] for c in calls] == [13, 13, 14, 14]
+    assert sorted({s["layout"] for s in conds[0].scores}) == [3, 4]
+    layout, _ = ev.family_layout("train", 3, 10, 128)
+    (labelled, _, _), (background, regions, _) = calls[0], calls[1]
+    assert all(obj.label in labelled for obj in layout.objects)
+    assert background == BACKGROUNDS[layout.background][0]
+    assert [r["prompt"] for r in regions] == [f"a {obj.label}" for obj in layout.objects]
+    assert all("label" not in r and r["weight"] == 2.0 for r in regions)
+    assert len(conds[1].scores) == len(conds[0].scores)  # scored through the region prompts' maps

@@ -60,6 +60,9 @@ class Condition:
     background: float = 0.0  # weight of the background's words ("sky", "ground") on their area
     features: dict[str, Any] = field(default_factory=dict)
     own_prompts: bool = False
+    objects_in_prompt: bool = True  # False: the prompt names only the background, and each
+    # object is only its region's own prompt (Regional Prompter's layout); implies own_prompts
+    weight: float = 1.0  # each object region's weight (PwW conditions)
     approx: dict[str, Any] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
 
@@ -141,7 +144,8 @@ def default_conditions() -> list[Condition]:
     (DenseDiffusion self-attention 0.3 and cross 1.0, per-region prompts) alone and combined;
     the demo's std x8 with the UNet's approximations (ToMe, DeepCache), for their cost in IoU; the
     strongest self-attention setting of a subset (1.0 over half the steps), with and without a
-    negative weight outside; attention guidance (pww_ldm.region.guidance)."""
+    negative weight outside; attention guidance (pww_ldm.region.guidance); the objects named only
+    by their regions' own prompts (the prompt says only the background), at weight 1 and 2."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
@@ -170,6 +174,8 @@ def default_conditions() -> list[Condition]:
               Condition("std x8, outside -1, self 1.0 (window 0.5)", "std", 8.0, -1.0,
                         features=strong_self),
               Condition("std x8, guidance 0.5", "std", 8.0, features={"guidance": 0.5})]
+    conds += [Condition(f"region prompts only{'' if w == 1 else f' x{w:g}'}, std x8", "std", 8.0,
+                        objects_in_prompt=False, weight=w) for w in (1.0, 2.0)]
     return conds
 
 
@@ -187,9 +193,12 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
               common: dict[str, Any]) -> tuple[Image.Image, dict[str, Any], float]:
     """One image of a condition, its attention maps and its wall time (s). No PwW is painted
     with weight 0: the same plain-SD image, with the maps observed."""
-    weight = 0.0 if cond.weight_function is None else 1.0
+    weight = 0.0 if cond.weight_function is None else cond.weight
     painted, context, _ = color_map(layout, size, cond.outside, cond.background, weight,
-                                    cond.own_prompts)
+                                    cond.own_prompts or not cond.objects_in_prompt)
+    if not cond.objects_in_prompt:
+        prompt = BACKGROUNDS[layout.background][0]
+        context = [{k: v for k, v in r.items() if k != "label"} for r in context]
     t0 = time.perf_counter()
     images, maps = paint_with_words(model, prompt, painted, context,
                                     weight_function=cond.weight_function or "max",
@@ -197,6 +206,8 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
                                     features=FeatureOptions(**cond.features),
                                     approx=Approximations(**cond.approx) if cond.approx else None,
                                     **common)
+    if not cond.objects_in_prompt:  # the objects' maps are their region prompts' ("prompt: a x")
+        maps = {**maps, **{obj.label: maps[f"prompt: a {obj.label}"] for obj in layout.objects}}
     return images[0], maps, time.perf_counter() - t0
 
 
@@ -204,19 +215,21 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
              guidance_scale: float = 7.5, sampler: str = "euler_a",
              conditions: list[Condition] | None = None, n_examples: int = 6,
              log: Any = print, families: tuple[str, ...] = ("train",),
-             n_hard: int | None = None) -> tuple[list[Condition], list[list[Image.Image]]]:
+             n_hard: int | None = None, first: int = 0
+             ) -> tuple[list[Condition], list[list[Image.Image]]]:
     """Run the benchmark; returns the conditions with their scores and figure rows.
 
     n_layouts layouts of "train" (n_hard, default n_layouts, of each other family in `families`);
-    layout i uses generation seed seed + i for every condition. Figure rows: [target render,
-    colour map, one output per condition], the first n_examples of each family.
+    layout i uses generation seed seed + i for every condition; first: start at layout `first` of
+    each family (split a benchmark over processes, then merge). Figure rows: [target render,
+    colour map, one output per condition], the first n_examples of each family run.
     """
     conditions = conditions or default_conditions()
     rows = []
     t0 = time.time()
     for family in families:
         count = n_layouts if family == "train" else (n_hard or n_layouts)
-        for i in range(count):
+        for i in range(first, first + count):
             layout, rng = family_layout(family, i, seed, size)
             prompt = caption(layout, rng)
             cmap, _, masks = color_map(layout, size)
@@ -233,9 +246,9 @@ def evaluate(model: Any, n_layouts: int = 24, seed: int = 1234, size: int = 128,
                                         "attn_iou": attn["iou"], "attn_mass": attn["mass_inside"],
                                         "seconds": seconds})
                 row.append(image)
-            if i < n_examples:
+            if i - first < n_examples:
                 rows.append(row)
-            log(f"{family} {i + 1}/{count} ({time.time() - t0:.0f} s): {prompt}")
+            log(f"{family} {i + 1 - first}/{count} ({time.time() - t0:.0f} s): {prompt}")
     return conditions, rows
 
 
@@ -310,7 +323,7 @@ def figure(rows: list[list[Image.Image]], names: list[str], size: int = 128) -> 
     """A grid PNG: rows of [target, map, outputs...], column names written above."""
     from PIL import ImageDraw
 
-    cols = max(len(r) for r in rows)
+    cols = max((len(r) for r in rows), default=2 + len(names))
     grid = Image.new("RGB", (cols * size, 16 + len(rows) * size), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for j, name in enumerate(["target", "colour map", *names][:cols]):
