@@ -279,13 +279,24 @@ def approximations(args: argparse.Namespace) -> Approximations | None:
 
 def _precision(args: argparse.Namespace) -> str | None:
     if args.precision == "auto":  # says what it picked: the choice depends on this machine
-        from .fast import auto_precision
+        from .fast import auto_precision, auto_vae_precision
         from .loading import default_device
 
-        name, reason = auto_precision(args.device or default_device())
-        print(f"--precision auto: {reason}")
+        device = args.device or default_device()
+        name, reason = auto_precision(device)
+        print(f"--precision auto: {reason}\n--precision auto: {auto_vae_precision(device)[1]}")
         return name
     return {"autocast": None, "full": "fp32"}.get(args.precision, args.precision)
+
+
+def _vae_precision(args: argparse.Namespace) -> str | None:
+    """The VAE's dtype: what `--precision auto` picks for it, else load_model's default (fp32)."""
+    if args.precision != "auto":
+        return None
+    from .fast import auto_vae_precision
+    from .loading import default_device
+
+    return auto_vae_precision(args.device or default_device())[0]
 
 
 def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
@@ -299,6 +310,7 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
                                dtype=_precision(args), use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
                                compile=args.compile, fast=args.fast, vae=args.vae,
+                               vae_dtype=_vae_precision(args),
                                parameterization="v" if args.v_pred else None)
     prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))

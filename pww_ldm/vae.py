@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .allocator import release_free_memory
 from .models.autoencoder import DiagonalGaussianDistribution
 from .models.latent_diffusion import LatentDiffusion
 
@@ -115,6 +116,8 @@ def decode_latents(model: LatentDiffusion, latents: torch.Tensor, tiled: bool | 
     overflow to NaN). tiled: None = automatically from TILE_ABOVE_PIXELS (1024x1024 px) up.
     """
     z = latents.to(model.device, _vae_dtype(model))
+    if z.device.type == "cpu":  # the sampler's freed heap would otherwise add to the decode's peak
+        release_free_memory()
     if tiled is None:
         f = model.first_stage_model.downsample_factor
         tiled = z.shape[-2] * f * z.shape[-1] * f >= TILE_ABOVE_PIXELS
