@@ -60,6 +60,18 @@ def hand_tome(metric: torch.Tensor, x: torch.Tensor, h: int, w: int, r: int, cho
     return merged_rows, owners
 
 
+def test_a_grid_without_a_full_cell_is_left_exact():
+    torch.manual_seed(3)
+    block = BasicTransformerBlock(16, 2, 8, context_dim=12).eval()
+    x, text = torch.randn(1, 6, 16), torch.randn(1, 5, 12)
+    run = ApproxRun(Approximations(tome=0.5, tome_max_downsample=8))
+    run.start_call([(1, 6)], ("key",))
+    with torch.no_grad():
+        merged = block(x, UNetContext(text, torch.ones(1), approx=run).at_grid(1, 6))
+        exact = block(x, UNetContext(text, torch.ones(1)).at_grid(1, 6))
+    assert torch.equal(merged, exact)
+
+
 def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
     return float(u @ v / (u.norm() * v.norm()))
 

@@ -93,6 +93,8 @@ def _token_merging(x: torch.Tensor, hooks: UNetContext | None) -> tuple[Merge, M
         return None
     h, w = hooks.grid
     settings = run.settings
+    if h < settings.tome_stride[0] or w < settings.tome_stride[1]:
+        return None  # no full cell: no destination to merge into
     choice = draw_destinations(h, w, settings.tome_stride, run.generator)
     # tomesd: r = int(N * ratio), computed on the hidden state before the norm
     return bipartite_soft_matching_2d(x, h, w, int(x.shape[1] * settings.tome), settings.tome_stride,
