@@ -25,6 +25,7 @@ RULES = {
                          "pytorch_lightning", "gradio"),
     "pww_ldm.conditioning": ("pww_ldm",),
     "pww_ldm.kernels": ("pww_ldm",),
+    "pww_ldm.approx": ("pww_ldm",),  # approximation settings and run state: imported by models/ and samplers/
     "pww_ldm.pipeline": (*EDGES, "pytorch_lightning", "gradio"),
     "pww_ldm.paths": ("pww_ldm.pipeline", "pww_ldm.models", "torch"),
     "pww_ldm.user_errors": ("pww_ldm.pipeline", "pww_ldm.models", *EDGES),
