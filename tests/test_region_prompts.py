@@ -60,6 +60,26 @@ def test_hidden_uncond_chunk_and_partial_cover():
         visible.modify_scores(scores[..., :77], call)
 
 
+@pytest.mark.parametrize("base", [0.0, 0.25])
+def test_base_ratio_scales_the_prompts_mass_inside_the_regions(base):
+    mask = torch.zeros(64, 64)
+    mask[:, :4] = 1  # coverage 1/2 in grid column 0, 0 elsewhere
+    mask[:8, :8] = 1  # cell (0, 0) fully covered
+    plugin = RegionPrompts([PromptRegion(mask, 0, ())], 1, 64, 64, None, "cond", base=base)
+    scores = torch.randn(1, 1, 64, 154, dtype=torch.float64)
+    call = AttentionCall("cross", (8, 8), torch.tensor([1.0], dtype=torch.float64), slice(0, 1), 0.5)
+    probs = (plugin.modify_scores(scores, call) * 0.5).softmax(-1)
+    e = (scores * 0.5).exp()[0, 0]  # unnormalised probabilities before the plug-in
+    for cell, cover in ((0, 1.0), (8, 0.5)):  # (0, 0) covered, (1, 0) half covered
+        prompt, chunk = e[cell, :77].sum() * (1 - (1 - base) * cover), e[cell, 77:].sum() * cover
+        share = prompt / (prompt + chunk)  # the prompt's mass scaled by 1 - (1 - base) * cover
+        torch.testing.assert_close(probs[0, 0, cell, :77].sum(), share)
+    outside = (scores[0, 0, 1, :77] * 0.5).softmax(-1)  # cell (0, 1): no region, as without it
+    torch.testing.assert_close(probs[0, 0, 1, :77], outside)
+    with pytest.raises(RegionError, match="base ratio"):
+        RegionPrompts([PromptRegion(mask, 0, ())], 1, 64, 64, None, "cond", base=1.5)
+
+
 def test_record_fields_and_errors():
     regions = parse_color_context([
         {"color": "#ff0000", "prompt": "a fluffy ginger cat, sleeping", "weight": 1.0},

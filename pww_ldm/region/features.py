@@ -40,7 +40,8 @@ class FeatureOptions:
     0 = off; sizereg and window: its size regularisation and step fraction (paper 1.0, 0.3).
     guidance: attention guidance's step in noise standard deviations (0 = off; see
     pww_ldm.region.guidance), over the first guidance_window of the steps, guidance_iterations
-    gradient steps each.
+    gradient steps each. base_ratio: the prompt's share of attention inside the regions that
+    have their own prompt (pww_ldm.region.region_prompts; 1 = unchanged, 0 = only their own).
     """
 
     attention_maps: bool = False
@@ -52,6 +53,7 @@ class FeatureOptions:
     window: float = DEFAULT_WINDOW
     guidance: float = 0.0
     guidance_window: float = DEFAULT_GUIDANCE_WINDOW
+    base_ratio: float = 1.0
     guidance_iterations: int = 1
 
 
@@ -122,7 +124,7 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
         cond, uncond, features.extra_chunks = _prompt_chunks(prompt_regions, encode, tokenizer)
         size = (regions.height, regions.width)
         fn = regions.weight_function
-        features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond"),
+        features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond", options.base_ratio),
                              RegionPrompts(uncond, len(cond), *size, None, "uncond")]
     if options.self_attention:
         masks = [r.mask for r in labelled] + [r.mask for r in prompt_regions]
@@ -199,6 +201,8 @@ def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]
         out["PwW self-attention"] = options.self_attention
     if options.dense_cross:
         out["PwW dense cross"] = options.dense_cross
+    if prompt_regions and options.base_ratio != 1.0:
+        out["PwW base ratio"] = options.base_ratio
     if options.guidance:
         out["PwW guidance"] = options.guidance
         out["PwW guidance window"] = options.guidance_window

@@ -145,7 +145,8 @@ def default_conditions() -> list[Condition]:
     the demo's std x8 with the UNet's approximations (ToMe, DeepCache), for their cost in IoU; the
     strongest self-attention setting of a subset (1.0 over half the steps), with and without a
     negative weight outside; attention guidance (pww_ldm.region.guidance); the objects named only
-    by their regions' own prompts (the prompt says only the background), at weight 1 and 2."""
+    by their regions' own prompts (the prompt says only the background), at weight 1 and 2, and
+    with the prompt's share inside the regions (base ratio) 0 and 0.2."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
@@ -176,6 +177,8 @@ def default_conditions() -> list[Condition]:
               Condition("std x8, guidance 0.5", "std", 8.0, features={"guidance": 0.5})]
     conds += [Condition(f"region prompts only{'' if w == 1 else f' x{w:g}'}, std x8", "std", 8.0,
                         objects_in_prompt=False, weight=w) for w in (1.0, 2.0)]
+    conds += [Condition(f"region prompts only, base {b:g}, std x8", "std", 8.0,
+                        objects_in_prompt=False, features={"base_ratio": b}) for b in (0.0, 0.2)]
     return conds
 
 
