@@ -131,6 +131,9 @@ def _add_region_flags(p: argparse.ArgumentParser) -> None:
                    help="attention guidance (Chen et al. 2024): in the first 30 %% of the steps "
                         "move the latent STEP noise std down the gradient of each label's "
                         "attention outside its region (0 = off; no gain on the demo model)")
+    p.add_argument("--base-ratio", type=float, default=1.0,
+                   help="the prompt's share of attention inside regions that have their own "
+                        "\"prompt\" (1 = unchanged; 0 = only the region's prompt there)")
     p.add_argument("--lenient", action="store_true",
                    help="a context colour missing from the map is a warning, not an error")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
@@ -221,6 +224,8 @@ def _check_numbers(args: argparse.Namespace, img2img: bool) -> None:
                         ("--attention-guidance", args.attention_guidance)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0 (0 = off), got {value}")
+    if not 0.0 <= args.base_ratio <= 1.0:
+        raise UsageError(f"--base-ratio must be in [0, 1] (1 = unchanged), got {args.base_ratio}")
     get_sampler(args.sampler)  # UnknownSamplerError listing the valid names
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"config {args.config} does not exist: pass --config with a model "
@@ -362,7 +367,7 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs
         plain = pww_ldm.inpaint if "mask_image" in common else hires_fix if hires else pww_ldm.generate
         return plain(model, args.prompt, seed=seed, **hires, **common), None
     features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross,
-                              guidance=args.attention_guidance)
+                              guidance=args.attention_guidance, base_ratio=args.base_ratio)
     pww = partial(hires_fix, **hires) if hires else pww_ldm.paint_with_words
     out = pww(
         model, args.prompt, color_map_image=inputs.color_map, color_context=inputs.regions, seed=seed,

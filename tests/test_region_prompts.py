@@ -12,6 +12,7 @@ from tiny import tiny_model
 from pww_ldm.conditioning import AttentionCall
 from pww_ldm.pipeline import paint_with_words
 from pww_ldm.region import ColorContextSyntaxError, RegionError, parse_color_context
+from pww_ldm.region.features import FeatureOptions
 from pww_ldm.region.region_prompts import PromptRegion, RegionPrompts
 from pww_ldm.region.weighting import get_weight_function
 
@@ -126,6 +127,11 @@ def test_pipeline_region_prompt_changes_only_what_it_should():
     assert set(maps) == {"prompt: a red apple"} and maps["prompt: a red apple"].shape == (1, 8, 8)
     assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
     assert "PwW region prompts" in images[0].info["parameters"]
+    alone = paint_with_words(model, "a still life", cmap, own, features=FeatureOptions(base_ratio=0.0),
+                             **kw)
+    assert not np.array_equal(np.asarray(alone[0]), np.asarray(images[0]))
+    assert "PwW base ratio: 0.0" in alone[0].info["parameters"]
+    assert "PwW base ratio" not in images[0].info["parameters"]
     with pytest.raises(RegionError, match="one chunk of 75 tokens"):
         paint_with_words(model, "a still life", cmap,
                          [{"color": "#ff0000", "prompt": "apple " * 80}], **kw)

@@ -27,7 +27,8 @@ from ..region.features import FeatureOptions
 from ..user_errors import UsageError
 from .jobs import Job
 
-FEATURE_FIELDS = ("self_attention", "dense_cross", "attention_guidance")  # job fields, 0 = off
+# job fields of the region features and their "off" values
+FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def feature_payload(job: Job, text: TextSettings, mask_digest: str | None) -> di
     if job.hr_scale is not None:
         payload["hires"] = {"scale": job.hr_scale, "denoise": job.hr_denoise,
                             "upscaler": job.hr_upscaler, "steps": job.hr_steps}
-    features = {k: getattr(job, k) for k in FEATURE_FIELDS if getattr(job, k)}
+    features = {k: getattr(job, k) for k, off in FEATURE_FIELDS.items() if getattr(job, k) != off}
     if features:
         payload["features"] = features
     return payload
@@ -129,7 +130,7 @@ def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.I
                weight_function=job.weight_function, weight_scale=job.weight_scale,
                resample=job.resample, strict=job.strict,
                features=FeatureOptions(self_attention=job.self_attention, dense_cross=job.dense_cross,
-                                       guidance=job.attention_guidance))
+                                       guidance=job.attention_guidance, base_ratio=job.base_ratio))
     with job_clip_skip(model, job.clip_skip):
         if job.mask_image is None and job.hr_scale is None:
             return paint_with_words(model, job.prompt, init_image=inputs.init_image,

@@ -90,6 +90,7 @@ class Job:
     self_attention: float = 0.0
     dense_cross: float = 0.0
     attention_guidance: float = 0.0
+    base_ratio: float = 1.0
     field_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def output_names(self) -> list[str]:
