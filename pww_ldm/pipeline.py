@@ -150,6 +150,27 @@ def _conditioning(model: LatentDiffusion, prompt: str, negative_prompt: str, gui
     return cond, uncond
 
 
+def _options(options: SamplingOptions | None, sampling: dict[str, Any], img2img: bool
+             ) -> SamplingOptions:
+    """The SamplingOptions given, or those of the sampling keywords (not both)."""
+    if options is None:
+        return sampling_options(sampling, img2img=img2img)
+    if sampling:
+        raise TypeError(f"give the sampling settings in `options` or as keywords, not both: "
+                        f"{sorted(sampling)}")
+    return options
+
+
+def _apply_loras(model: LatentDiffusion, prompt: str) -> tuple[str, LoraManager]:
+    """Merge the prompt's <lora:...> tags into the model; (the text without them, the manager)."""
+    loras = lora_manager(model)
+    merged = loras.applied
+    text = loras.apply_prompt(prompt)
+    if is_fast(model) and loras.applied != merged:
+        refreeze(model)  # the compiled UNet holds the old weights as constants
+    return text, loras
+
+
 def _inference(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run `fn` without autograd: inference mode, or plain no_grad when a `guide` is given
     (attention guidance differentiates the UNet, and inference tensors cannot enter autograd)."""
@@ -190,21 +211,13 @@ def generate(model: LatentDiffusion, prompt: str, options: SamplingOptions | Non
     latents (n, 4, H/8, W/8).
     """
     img2img = init_image is not None or init_latent is not None
-    if options is None:
-        options = sampling_options(sampling, img2img=img2img)
-    elif sampling:
-        raise TypeError(f"give the sampling settings in `options` or as keywords, not both: "
-                        f"{sorted(sampling)}")
+    options = _options(options, sampling, img2img)
     check_size(width, height)
     _check_model(model, n_images)
     _check_approx(model, approx)
     seeds = [resolve_seed(seed) + i for i in range(n_images)]
     shape = (model.channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
-    loras = lora_manager(model)
-    merged = loras.applied
-    text = loras.apply_prompt(prompt)  # <lora:...> tags merged, and out of the text
-    if is_fast(model) and loras.applied != merged:
-        refreeze(model)  # the compiled UNet holds the old weights as constants
+    text, loras = _apply_loras(model, prompt)
     cond, uncond = _conditioning(model, text, negative_prompt, options.guidance_scale != 1.0,
                                  extra_chunks)
     active = _plugins(model, regions, shape[1:], cond.shape[1], plugins)
