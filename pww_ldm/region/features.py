@@ -116,6 +116,7 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
         return features
     features.clock = StepClock(n_steps)
     labelled = [r for r in regions.regions if r.mask is not None and r.token_positions]
+    worded = [r.mask for r in labelled] + [r.mask for r in prompt_regions]  # regions with words
     if options.dense_cross:
         features.plugins.append(DenseCrossAttention(
             [r.mask for r in labelled], [r.token_positions[0] for r in labelled], features.clock,
@@ -127,12 +128,11 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
         features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond", options.base_ratio),
                              RegionPrompts(uncond, len(cond), *size, None, "uncond")]
     if options.self_attention:
-        masks = [r.mask for r in labelled] + [r.mask for r in prompt_regions]
-        features.plugins.append(DenseSelfAttention(masks, features.clock, alphas_cumprod,
+        features.plugins.append(DenseSelfAttention(worded, features.clock, alphas_cumprod,
                                                    options.self_attention, options.sizereg,
                                                    options.window))
     if options.guidance:
-        features.guide = _guide(options, labelled, prompt_regions, features.clock, tokenizer)
+        features.guide = _guide(options, worded, labelled, prompt_regions, features.clock, tokenizer)
     if options.attention_maps:
         groups = region_groups(regions.regions, options.per_token)
         n = len(prompt_regions)
@@ -149,10 +149,9 @@ def _prompt_columns(region: Region, r: int, n: int, tokenizer: Tokenizer) -> tup
     return tuple(j - CHUNK * (n - r) for j in words)
 
 
-def _guide(options: FeatureOptions, labelled: Sequence[Region], prompt_regions: Sequence[Region],
-           clock: StepClock, tokenizer: Tokenizer) -> RegionGuidance:
-    """Attention guidance over every region with words: labels and own prompts."""
-    masks = [r.mask for r in labelled] + [r.mask for r in prompt_regions]
+def _guide(options: FeatureOptions, masks: Sequence[torch.Tensor], labelled: Sequence[Region],
+           prompt_regions: Sequence[Region], clock: StepClock, tokenizer: Tokenizer) -> RegionGuidance:
+    """Attention guidance over every region with words (`masks`: labelled, then own prompts)."""
     columns = [r.token_positions[0] for r in labelled]
     columns += [_prompt_columns(r, k, len(prompt_regions), tokenizer) for k, r in enumerate(prompt_regions)]
     if not masks:

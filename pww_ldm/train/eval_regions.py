@@ -87,6 +87,11 @@ def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[st
     return [(top, free & ~below), (bottom, free & below)]
 
 
+def object_prompt(label: str) -> str:
+    """An object's own region prompt ("a red circle"); its attention map is "prompt: " + this."""
+    return f"a {label}"
+
+
 def color_map(layout: Layout, size: int, outside: float = 0.0, background: float = 0.0,
               weight: float = 1.0, own_prompts: bool = False
               ) -> tuple[Image.Image, list[dict], list[np.ndarray]]:
@@ -102,7 +107,7 @@ def color_map(layout: Layout, size: int, outside: float = 0.0, background: float
         context.append({"color": COLORS[obj.color], "label": obj.label, "weight": weight,
                         "outside": outside})
         if own_prompts:
-            context[-1]["prompt"] = f"a {obj.label}"
+            context[-1]["prompt"] = object_prompt(obj.label)
     if background:
         for (label, mask), color in zip(background_regions(layout, masks), (MAP_TOP, MAP_BOTTOM)):
             rgb[mask] = color
@@ -210,7 +215,7 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
                                     approx=Approximations(**cond.approx) if cond.approx else None,
                                     **common)
     if not cond.objects_in_prompt:  # the objects' maps are their region prompts' ("prompt: a x")
-        maps = {**maps, **{obj.label: maps[f"prompt: a {obj.label}"] for obj in layout.objects}}
+        maps = {**maps, **{o.label: maps[f"prompt: {object_prompt(o.label)}"] for o in layout.objects}}
     return images[0], maps, time.perf_counter() - t0
 
 
