@@ -7,7 +7,9 @@ The full-size UNet has random weights (benchmarks/bench_models.py), the five-reg
 bench.py and Paint-with-Words on. Variants, timed interleaved repeat by repeat:
 plain (no plug-in: the fused kernel everywhere), PwW, PwW + attention maps, PwW + DenseDiffusion
 self-attention (a step inside its window, the first 30 % of the steps; outside it the step is
-plain PwW), PwW + dense cross, PwW + one own-prompt region (one more 77-token chunk), and maps
+plain PwW; also on the explicit N x N path that the layer takes for plug-ins without
+`augment_qk`, for the gain of the augmented fused path), PwW + dense cross, PwW + one
+own-prompt region (one more 77-token chunk), and maps
 without PwW (the observer alone forces the explicit path on the conditional rows). The per-step
 overhead of self-attention averaged over a whole sampling run is 0.3 x its in-window overhead.
 Writes benchmarks/results/features_<device>_<dtype>.json (atomically) and prints a table.
@@ -40,6 +42,22 @@ from pww_ldm.region.timing import StepClock  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+class ScoresPath:
+    """A plug-in as the layer sees it without `augment_qk`: forces the explicit N x N path."""
+
+    def __init__(self, plugin: Any) -> None:
+        self.plugin, self.acts_on = plugin, plugin.acts_on
+
+    def hooks(self, kind: str) -> tuple[bool, bool]:
+        return self.plugin.hooks(kind)
+
+    def modify_scores(self, scores: torch.Tensor, call: Any) -> torch.Tensor:
+        return self.plugin.modify_scores(scores, call)
+
+    def observe(self, probs: torch.Tensor, call: Any) -> None:
+        self.plugin.observe(probs, call)
+
+
 def variants(model: Any, size: int) -> tuple[dict[str, tuple[tuple, torch.Tensor]], dict]:
     """({name: (plug-ins, embeddings)} of each variant, the UNet inputs); the clock stays at
     step 0 (inside the self-attention window)."""
@@ -60,6 +78,8 @@ def variants(model: Any, size: int) -> tuple[dict[str, tuple[tuple, torch.Tensor
                                  "uncond"))
     return {"plain": ((), emb), "PwW": ((pww,), emb), "PwW + maps": ((pww, maps), emb),
             "PwW + self 0.3": ((pww, DenseSelfAttention(masks, clock, abar)), emb),
+            "PwW + self 0.3, explicit scores":
+                ((pww, ScoresPath(DenseSelfAttention(masks, clock, abar))), emb),
             "PwW + dense cross 1": ((pww, DenseCrossAttention(masks, cols, clock, abar)), emb),
             "PwW + 1 own prompt": (own_plugins, wide), "maps alone": ((maps,), emb)}, inputs
 
@@ -72,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="time only these (default: all), e.g. PwW 'PwW + self 0.3'; PwW is always timed")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = p.parse_args(argv)
     if args.threads:
@@ -79,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     model, _ = build_ours(args.quick, device, DTYPES[args.dtype])
     found, inputs = variants(model, args.size)
+    if args.variants:
+        unknown = set(args.variants) - set(found)
+        if unknown:
+            p.error(f"unknown variants {sorted(unknown)}; valid: {list(found)}")
+        found = {k: v for k, v in found.items() if k == "PwW" or k in args.variants}
     unet = model.model.diffusion_model
     fns = {}
     for name, (plugins, emb) in found.items():

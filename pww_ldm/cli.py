@@ -33,6 +33,7 @@ from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
 from .region import LabelNotInPromptError, RegionContext, load_color_context
 from .region.features import FeatureOptions
+from .region.region_prompts import COVERS
 from .samplers.registry import get_sampler, sampler_names
 from .threads import set_threads
 from .user_errors import USER_ERRORS, UsageError, open_image
@@ -134,6 +135,10 @@ def _add_region_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-ratio", type=float, default=1.0,
                    help="the prompt's share of attention inside regions that have their own "
                         "\"prompt\" (1 = unchanged; 0 = only the region's prompt there)")
+    p.add_argument("--region-cover", default="touch", metavar="{touch,area}",
+                   help="how a region with its own \"prompt\" reaches an attention cell: touch = "
+                        "every cell it covers over 5 %% of (default; draws small and thin shapes "
+                        "far more often), area = its share of the cell's pixels")
     p.add_argument("--lenient", action="store_true",
                    help="a context colour missing from the map is a warning, not an error")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
@@ -226,6 +231,8 @@ def _check_numbers(args: argparse.Namespace, img2img: bool) -> None:
             raise UsageError(f"{flag} must be >= 0 (0 = off), got {value}")
     if not 0.0 <= args.base_ratio <= 1.0:
         raise UsageError(f"--base-ratio must be in [0, 1] (1 = unchanged), got {args.base_ratio}")
+    if args.region_cover not in COVERS:
+        raise UsageError(f"--region-cover must be one of {', '.join(COVERS)}, got {args.region_cover!r}")
     get_sampler(args.sampler)  # UnknownSamplerError listing the valid names
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"config {args.config} does not exist: pass --config with a model "
@@ -367,7 +374,8 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs
         plain = pww_ldm.inpaint if "mask_image" in common else hires_fix if hires else pww_ldm.generate
         return plain(model, args.prompt, seed=seed, **hires, **common), None
     features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross,
-                              guidance=args.attention_guidance, base_ratio=args.base_ratio)
+                              guidance=args.attention_guidance, base_ratio=args.base_ratio,
+                              region_cover=args.region_cover)
     pww = partial(hires_fix, **hires) if hires else pww_ldm.paint_with_words
     out = pww(
         model, args.prompt, color_map_image=inputs.color_map, color_context=inputs.regions, seed=seed,

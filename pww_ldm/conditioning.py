@@ -52,6 +52,11 @@ class AttentionPlugin(Protocol):
     in the order of `UNetContext.plugins`.
     observe(probs, call): probs (n, heads, N, T) in the model's dtype, after the softmax; must not
     modify them.
+    Optional augment_qk(q, k, call) -> (q', k'): q (n, heads, N, d), k (n, heads, T, d) ->
+    (n, heads, N, d'), (n, heads, T, d') with q' k'^T equal to the modified scores up to a
+    constant per row. When it is the only plug-in acting on a layer's rows and it does not
+    observe, the layer runs its fused kernel on q', k' instead of holding the N x T scores
+    (DenseDiffusion's self-attention modulation uses it).
     """
 
     acts_on: str

@@ -61,6 +61,31 @@ def test_hidden_uncond_chunk_and_partial_cover():
         visible.modify_scores(scores[..., :77], call)
 
 
+def test_touch_cover_counts_every_cell_the_region_reaches():
+    mask = torch.zeros(64, 64)
+    mask[:, :4] = 1  # half of each cell of grid column 0
+    mask[0, 8:11] = 1  # 3 of cell (0, 1)'s 64 px: under 5 %, not a touch
+    mask[8:12, 8] = 1  # 4 of cell (1, 1)'s 64 px: over 5 % (6.25 %), a touch
+    words = (1, 2)
+    touch = RegionPrompts([PromptRegion(mask, 0, words)], 1, 64, 64, get_weight_function("max"),
+                          "cond", cover="touch")
+    area = RegionPrompts([PromptRegion(mask, 0, words)], 1, 64, 64, get_weight_function("max"),
+                         "cond", cover="area")
+    scores = torch.randn(1, 1, 64, 154, dtype=torch.float64)
+    call = AttentionCall("cross", (8, 8), torch.tensor([1.0], dtype=torch.float64), slice(1, 2), 0.5)
+    out_touch, out_area = touch.modify_scores(scores, call), area.modify_scores(scores, call)
+    bos = out_touch[0, 0, :, 77] - scores[0, 0, :, 77]  # + log(cover) / scale on the chunk's BOS
+    reached = torch.zeros(8, 8, dtype=torch.bool)
+    reached[:, 0], reached[1, 1] = True, True
+    torch.testing.assert_close(bos[reached.reshape(-1)], torch.zeros(9, dtype=torch.float64))
+    assert torch.isneginf(bos[~reached.reshape(-1)]).all()
+    bias = 0.1 * math.log(2.0) * float(scores.max())  # full weight 1 in every touched cell
+    torch.testing.assert_close(out_touch[0, 0, 0, 78:80], scores[0, 0, 0, 78:80] + bias)
+    torch.testing.assert_close(out_area[0, 0, 0, 77], scores[0, 0, 0, 77] + math.log(0.5) / 0.5)
+    with pytest.raises(RegionError, match="cover"):
+        RegionPrompts([PromptRegion(mask, 0, ())], 1, 64, 64, None, "cond", cover="box")
+
+
 @pytest.mark.parametrize("base", [0.0, 0.25])
 def test_base_ratio_scales_the_prompts_mass_inside_the_regions(base):
     mask = torch.zeros(64, 64)
@@ -132,6 +157,11 @@ def test_pipeline_region_prompt_changes_only_what_it_should():
     assert not np.array_equal(np.asarray(alone[0]), np.asarray(images[0]))
     assert "PwW base ratio: 0.0" in alone[0].info["parameters"]
     assert "PwW base ratio" not in images[0].info["parameters"]
+    area = paint_with_words(model, "a still life", cmap, own,
+                            features=FeatureOptions(region_cover="area"), **kw)
+    assert not np.array_equal(np.asarray(area[0]), np.asarray(images[0]))  # touch is the default
+    assert "PwW region cover: area" in area[0].info["parameters"]
+    assert "PwW region cover" not in images[0].info["parameters"]
     with pytest.raises(RegionError, match="one chunk of 75 tokens"):
         paint_with_words(model, "a still life", cmap,
                          [{"color": "#ff0000", "prompt": "apple " * 80}], **kw)

@@ -94,3 +94,64 @@ def test_window_and_timestep():
     clock.advance({"i": 2})  # step 3 of 10 = 30 %: outside the first 30 %
     assert plugin.hooks("self") == (False, False)
     assert DenseSelfAttention(layouts(), StepClock(10), abar, weight=0).hooks("self")[0] is False
+
+
+class ScoresOnly:
+    """The same plug-in without augment_qk: the layer must take its explicit path."""
+
+    def __init__(self, plugin):
+        self.plugin, self.acts_on = plugin, plugin.acts_on
+
+    def hooks(self, kind):
+        return self.plugin.hooks(kind)
+
+    def modify_scores(self, scores, call):
+        return self.plugin.modify_scores(scores, call)
+
+    def observe(self, probs, call):
+        pass
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (4, 4)])
+def test_layer_fused_modulation_equals_the_paper_formula(grid, monkeypatch):
+    """Through a real attention layer on a CFG batch: the fused path (augmented q/k, never the
+    N x N scores) gives softmax(paper(QK^T * scale)) V on the cond row and plain attention on
+    the uncond row; the explicit path agrees."""
+    from pww_ldm.conditioning import UNetContext
+    from pww_ldm.models.cross_attention import CrossAttention
+
+    torch.manual_seed(20 + grid[0])
+    abar = schedule()
+    n = grid[0] * grid[1]
+    module = CrossAttention(32, heads=4, dim_head=8).double()
+    x = torch.randn(2, n, 32, dtype=torch.float64)
+    sigma = sigma_of(T_STEP, abar).double().repeat(2)
+    plugin = DenseSelfAttention(layouts(), StepClock(50), abar, weight=0.3, sizereg=1.0)
+    called = []
+    monkeypatch.setattr(plugin, "modify_scores", lambda s, c: called.append(c) or s)
+    with torch.no_grad():
+        fused = module(x, unet_context=UNetContext(x, sigma, (plugin,), cond_rows=slice(1, 2), grid=grid))
+        q, k, v = module.project(x, None)
+        scores = q @ k.transpose(-1, -2) * module.scale  # (2, heads, N, N)
+        want_cond = oracle(scores[1], layouts(), grid, T_STEP, 0.3, 1.0).softmax(-1) @ v[1]
+        want = module.merge(torch.stack([scores[0].softmax(-1) @ v[0], want_cond]))
+    assert not called  # the fused path never asked for scores
+    # 1e-7: the plug-in finds t from a float32 sigma (the oracle takes t = 981 exactly)
+    torch.testing.assert_close(fused, want, rtol=1e-6, atol=1e-7)
+    monkeypatch.undo()
+    with torch.no_grad():
+        explicit = module(x, unet_context=UNetContext(x, sigma, (ScoresOnly(plugin),),
+                                                      cond_rows=slice(1, 2), grid=grid))
+        plain = module(x)
+    torch.testing.assert_close(explicit, fused, rtol=0, atol=1e-12)  # same t: float64 rounding
+    assert (fused[1] - plain[1]).abs().max() > 1e-4 and torch.equal(fused[0], plain[0])
+
+
+def test_row_extremes_in_blocks(monkeypatch):
+    import pww_ldm.region.self_attention as sa
+
+    monkeypatch.setattr(sa, "BLOCK_ELEMENTS", 2 * 3 * 50 * 7)  # 7 rows a block: 3 blocks for 20
+    q, k = torch.randn(2, 3, 20, 5), torch.randn(2, 3, 50, 5)
+    high, low = sa.row_extremes(q, k)
+    scores = q @ k.transpose(-1, -2)
+    assert torch.equal(high[..., 0], scores.amax(-1)) and torch.equal(low[..., 0], scores.amin(-1))

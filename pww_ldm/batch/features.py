@@ -28,7 +28,8 @@ from ..user_errors import UsageError
 from .jobs import Job
 
 # job fields of the region features and their "off" values
-FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0}
+FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0,
+                  "region_cover": "touch"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.I
                weight_function=job.weight_function, weight_scale=job.weight_scale,
                resample=job.resample, strict=job.strict,
                features=FeatureOptions(self_attention=job.self_attention, dense_cross=job.dense_cross,
-                                       guidance=job.attention_guidance, base_ratio=job.base_ratio))
+                                       guidance=job.attention_guidance, base_ratio=job.base_ratio,
+                                       region_cover=job.region_cover))
     with job_clip_skip(model, job.clip_skip):
         if job.mask_image is None and job.hr_scale is None:
             return paint_with_words(model, job.prompt, init_image=inputs.init_image,

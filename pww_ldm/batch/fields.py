@@ -2,7 +2,8 @@
 
 Names and defaults are those of `pww_ldm.paint_with_words`, `pww_ldm.inpaint` (mask_*,
 invert_mask, only_masked*), `pww_ldm.hires.hires_fix` (hr_*), the model's `clip_skip` and the region features
-(`self_attention`, `dense_cross`, `attention_guidance`, `base_ratio`: the scripts' flags), plus
+(`self_attention`, `dense_cross`, `attention_guidance`, `base_ratio`, `region_cover`: the
+scripts' flags), plus
 `id` and `output` (the output name, without .png, relative to the output folder). A check returns
 the value to use (sampler names become canonical snake_case) or raises `Bad` with a reason
 written for people. Checks that involve several fields are in jobs.py (`_combination_issues`).
@@ -171,6 +172,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # region features (pww_ldm.region.features.FeatureOptions; the scripts' flags); 0 = off
     "self_attention": (_number(0.0), 0.0), "dense_cross": (_number(0.0), 0.0),
     "attention_guidance": (_number(0.0), 0.0), "base_ratio": (_unit_closed, 1.0),
+    "region_cover": (_choice("touch", "area"), "touch"),
 }
 # strength left out (null): the library's default, 0.5 for img2img and 0.75 for inpainting
 STRENGTH_DEFAULTS = {"img2img": 0.5, "inpaint": 0.75}

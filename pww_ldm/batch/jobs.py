@@ -91,6 +91,7 @@ class Job:
     dense_cross: float = 0.0
     attention_guidance: float = 0.0
     base_ratio: float = 1.0
+    region_cover: str = "touch"
     field_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def output_names(self) -> list[str]:

@@ -130,9 +130,11 @@ class BatchGenerator(pl.LightningModule):
     """Wraps the pipeline for `Trainer.predict`: one model per process, one job per step.
 
     jobs: validated jobs. ckpt/config/dtype/use_ema/attention/fast/vae/parameterization: as
-    `load_model`. threads: torch CPU threads per process (None = Lightning's choice). text: the
-    run's LoRA / embeddings / clip-skip flags (default: none). After predict, `summary` holds the
-    merged result on global rank 0 (None elsewhere).
+    `load_model`, except dtype "auto": each process takes `pww_ldm.fast.auto_precision` and
+    `auto_vae_precision` of its device (the job hash names what was picked). threads: torch
+    CPU threads per process (None = Lightning's choice). text: the run's LoRA / embeddings /
+    clip-skip flags (default: none). After predict, `summary` holds the merged result on global
+    rank 0 (None elsewhere).
     """
 
     def __init__(self, jobs: list[Job], ckpt: str, outdir: str | os.PathLike, config: str | None = None,
@@ -160,12 +162,28 @@ class BatchGenerator(pl.LightningModule):
         if self.global_rank == 0:
             remove_stale_temp_files(self.outdir, self.jobs)
         strategy.barrier("pww-batch-setup")
+        options = self._resolved_precision(strategy.root_device)
         # Kept out of nn.Module registration: Lightning must not move, wrap or summarise it.
-        engine = load_model(self.ckpt, device=strategy.root_device, **self.load_options)
+        engine = load_model(self.ckpt, device=strategy.root_device, **options)
         prepare_model(engine, self.text, self.jobs)
         self.__dict__["engine"] = engine
         self.part = PartWriter(self.outdir / PART_DIR / f"part-rank{self.global_rank}.jsonl")
         self.started = time.time()
+
+    def _resolved_precision(self, device: torch.device) -> dict[str, Any]:
+        """load_model's options with dtype "auto" replaced by this device's measured choice (UNet
+        and text encoder, VAE); the model key then names the dtypes that run."""
+        options = dict(self.load_options)
+        if options["dtype"] != "auto":
+            return options
+        from ..fast import auto_precision, auto_vae_precision
+
+        (unet, why), (vae, vae_why) = auto_precision(device), auto_vae_precision(device)
+        if self.global_rank == 0:
+            print(f"--precision auto: {why}\n--precision auto: {vae_why}", flush=True)
+        options.update(dtype=unet, vae_dtype=vae)
+        self.model_key = model_id(self.ckpt, f"{unet}/vae-{vae}", options["vae"], options["parameterization"])
+        return options
 
     def predict_dataloader(self) -> DataLoader:
         """One job per step; Lightning swaps in its distributed sampler when world_size > 1."""

@@ -29,7 +29,7 @@ from .inputs import validate_job_file
 from .jobs import Job, JobFileError
 from .manifest import Summary, summary_from_manifest
 
-PRECISIONS = {"auto": None, "autocast": None, "fp32": "fp32", "full": "fp32", "fp16": "fp16",
+PRECISIONS = {"auto": "auto", "autocast": None, "fp32": "fp32", "full": "fp32", "fp16": "fp16",
               "bf16": "bf16"}
 
 
@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-nodes", "--num_nodes", dest="num_nodes", type=int, default=1, help="nodes")
     p.add_argument("--strategy", default="auto",
                    help="Lightning strategy (auto = ddp when more than one process)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                   help="weights dtype: auto (= autocast) is fp32 on CPU, fp16 on CUDA; full = fp32")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="autocast",
+                   help="weights dtype: autocast (default) is fp32 on CPU, fp16 on CUDA; auto = "
+                        "what each process's device was measured good at (pww_ldm.fast: bf16 on "
+                        "CPUs with native bf16, printed); full = fp32")
     p.add_argument("--vae", default=None,
                    help="a separate VAE (.vae.pt, .vae.safetensors, or a whole-model .ckpt)")
     p.add_argument("--v-pred", action="store_true",

@@ -9,6 +9,7 @@ observers, V); every other row, and every call without such plug-ins, runs the f
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -63,7 +64,9 @@ class CrossAttention(nn.Module):
         span = plugin_span(hooks, plugins, n)
         # Rows no plug-in sees (e.g. the unconditional half of CFG under Paint-with-Words) stay
         # on the fused kernel and give exactly what plain SD gives. Slices are views: no gather.
-        pieces = [self._explicit(q[span], k[span], v[span], hooks, plugins, span, kind)]
+        fused = self._augmented(q[span], k[span], v[span], hooks, plugins, span, kind)
+        pieces = [fused if fused is not None
+                  else self._explicit(q[span], k[span], v[span], hooks, plugins, span, kind)]
         if span.start > 0:
             pieces.insert(0, attention(q[:span.start], k[:span.start], v[:span.start],
                                        self.attention_kernel))
@@ -71,6 +74,33 @@ class CrossAttention(nn.Module):
             pieces.append(attention(q[span.stop:], k[span.stop:], v[span.stop:],
                                     self.attention_kernel))
         return self.merge(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+
+    def _augmented(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hooks: UNetContext,
+                   plugins: list[AttentionPlugin], span: slice, kind: str) -> torch.Tensor | None:
+        """The fused kernel on a plug-in's augmented q, k for the rows of `span`, or None.
+
+        Taken when exactly one plug-in acts on these rows, it modifies without observing, and it
+        offers `augment_qk` (its new scores are q' k'^T up to a per-row constant): the N x N
+        scores are then never held (DenseDiffusion's self-attention modulation at 64x64 costs
+        2.3x a plain attention instead of 8x). q (m, H, N, d) -> (m, H, N, d).
+        """
+        n = hooks.sigma.shape[0]
+        acting = [p for p in plugins if len(range(n)[hooks.rows_of(p.acts_on, n)])]
+        if len(acting) != 1 or not hasattr(acting[0], "augment_qk"):
+            return None
+        plugin = acting[0]
+        if plugin.hooks(kind) != (True, False):
+            return None
+        compute = torch.promote_types(q.dtype, torch.float32)
+        call = AttentionCall(kind, hooks.grid, hooks.sigma[span].to(q.device, compute), span, self.scale)
+        q_aug, k_aug = plugin.augment_qk(q, k, call)
+        # Pad the head dim to a multiple of 8 (the kernels' fast widths; zeros change no dot
+        # product) and fold the layer's scale into q, since the kernel divides by sqrt(width).
+        width = -(-q_aug.shape[-1] // 8) * 8
+        q_aug = F.pad(q_aug, (0, width - q_aug.shape[-1])) * (self.scale * width ** 0.5)
+        k_aug = F.pad(k_aug, (0, width - k_aug.shape[-1]))
+        out = attention(q_aug, k_aug, F.pad(v, (0, width - v.shape[-1])), self.attention_kernel)
+        return out[..., :v.shape[-1]]
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hooks: UNetContext,
                   plugins: list[AttentionPlugin], span: slice, kind: str) -> torch.Tensor:

@@ -41,7 +41,9 @@ class FeatureOptions:
     guidance: attention guidance's step in noise standard deviations (0 = off; see
     pww_ldm.region.guidance), over the first guidance_window of the steps, guidance_iterations
     gradient steps each. base_ratio: the prompt's share of attention inside the regions that
-    have their own prompt (pww_ldm.region.region_prompts; 1 = unchanged, 0 = only their own).
+    have their own prompt (pww_ldm.region.region_prompts; 1 = unchanged, 0 = only their own);
+    region_cover: how those regions reach a grid cell, "touch" (any cell they cover more than
+    5 % of) or "area" (their share of its pixels).
     """
 
     attention_maps: bool = False
@@ -55,6 +57,7 @@ class FeatureOptions:
     guidance_window: float = DEFAULT_GUIDANCE_WINDOW
     base_ratio: float = 1.0
     guidance_iterations: int = 1
+    region_cover: str = "touch"
 
 
 @dataclass
@@ -125,8 +128,9 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
         cond, uncond, features.extra_chunks = _prompt_chunks(prompt_regions, encode, tokenizer)
         size = (regions.height, regions.width)
         fn = regions.weight_function
-        features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond", options.base_ratio),
-                             RegionPrompts(uncond, len(cond), *size, None, "uncond")]
+        cover = options.region_cover
+        features.plugins += [RegionPrompts(cond, len(cond), *size, fn, "cond", options.base_ratio, cover),
+                             RegionPrompts(uncond, len(cond), *size, None, "uncond", cover=cover)]
     if options.self_attention:
         features.plugins.append(DenseSelfAttention(worded, features.clock, alphas_cumprod,
                                                    options.self_attention, options.sizereg,
@@ -202,6 +206,8 @@ def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]
         out["PwW dense cross"] = options.dense_cross
     if prompt_regions and options.base_ratio != 1.0:
         out["PwW base ratio"] = options.base_ratio
+    if prompt_regions and options.region_cover != "touch":
+        out["PwW region cover"] = options.region_cover
     if options.guidance:
         out["PwW guidance"] = options.guidance
         out["PwW guidance window"] = options.guidance_window

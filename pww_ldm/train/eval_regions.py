@@ -63,6 +63,8 @@ class Condition:
     objects_in_prompt: bool = True  # False: the prompt names only the background, and each
     # object is only its region's own prompt (Regional Prompter's layout); implies own_prompts
     weight: float = 1.0  # each object region's weight (PwW conditions)
+    captions: bool = False  # own prompts as one-object training captions ("a red star on a
+    # white background") instead of the bare label ("a red star")
     approx: dict[str, Any] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,18 +89,19 @@ def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[st
     return [(top, free & ~below), (bottom, free & below)]
 
 
-def object_prompt(label: str) -> str:
-    """An object's own region prompt ("a red circle"); its attention map is "prompt: " + this."""
-    return f"a {label}"
+def object_prompt(label: str, background: str | None = None) -> str:
+    """An object's own region prompt: "a red circle", or with a background key the one-object
+    training caption "a red circle on a white background"; its attention map is "prompt: " + this."""
+    return f"a {label}" if background is None else f"a {label} {BACKGROUNDS[background][0]}"
 
 
 def color_map(layout: Layout, size: int, outside: float = 0.0, background: float = 0.0,
-              weight: float = 1.0, own_prompts: bool = False
+              weight: float = 1.0, own_prompts: bool = False, captions: bool = False
               ) -> tuple[Image.Image, list[dict], list[np.ndarray]]:
     """(map image, colour context records, painted masks): each object's visible silhouette in
     its colour, `weight` inside and `outside` elsewhere (own_prompts: the record also carries
-    the object's own prompt, e.g. "a red circle"); with `background` != 0 the background's
-    areas are painted too, with their words at that weight."""
+    the object's own prompt, e.g. "a red circle", with captions its one-object caption); with
+    `background` != 0 the background's areas are painted too, with their words at that weight."""
     _, masks = render_layout(layout, size)
     rgb = np.zeros((size, size, 3), np.uint8) + np.array(MAP_BACKGROUND, np.uint8)
     context = []
@@ -107,7 +110,7 @@ def color_map(layout: Layout, size: int, outside: float = 0.0, background: float
         context.append({"color": COLORS[obj.color], "label": obj.label, "weight": weight,
                         "outside": outside})
         if own_prompts:
-            context[-1]["prompt"] = object_prompt(obj.label)
+            context[-1]["prompt"] = object_prompt(obj.label, layout.background if captions else None)
     if background:
         for (label, mask), color in zip(background_regions(layout, masks), (MAP_TOP, MAP_BOTTOM)):
             rgb[mask] = color
@@ -151,7 +154,9 @@ def default_conditions() -> list[Condition]:
     strongest self-attention setting of a subset (1.0 over half the steps), with and without a
     negative weight outside; attention guidance (pww_ldm.region.guidance); the objects named only
     by their regions' own prompts (the prompt says only the background), at weight 1 and 2, and
-    with the prompt's share inside the regions (base ratio) 0 and 0.2."""
+    with the prompt's share inside the regions (base ratio) 0 and 0.2; at base 0, the objects'
+    prompts as one-object training captions, and the regions' area cover instead of the default
+    touch cover (pww_ldm.region.region_prompts)."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
@@ -184,6 +189,10 @@ def default_conditions() -> list[Condition]:
                         objects_in_prompt=False, weight=w) for w in (1.0, 2.0)]
     conds += [Condition(f"region prompts only, base {b:g}, std x8", "std", 8.0,
                         objects_in_prompt=False, features={"base_ratio": b}) for b in (0.0, 0.2)]
+    conds += [Condition("region captions only, base 0, std x8", "std", 8.0, objects_in_prompt=False,
+                        captions=True, features={"base_ratio": 0.0}),
+              Condition("region prompts only, base 0, std x8, area cover", "std", 8.0,
+                        objects_in_prompt=False, features={"base_ratio": 0.0, "region_cover": "area"})]
     return conds
 
 
@@ -203,7 +212,7 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
     with weight 0: the same plain-SD image, with the maps observed."""
     weight = 0.0 if cond.weight_function is None else cond.weight
     painted, context, _ = color_map(layout, size, cond.outside, cond.background, weight,
-                                    cond.own_prompts or not cond.objects_in_prompt)
+                                    cond.own_prompts or not cond.objects_in_prompt, cond.captions)
     if not cond.objects_in_prompt:
         prompt = BACKGROUNDS[layout.background][0]
         context = [{k: v for k, v in r.items() if k != "label"} for r in context]
@@ -215,7 +224,8 @@ def _generate(model: Any, cond: Condition, layout: Layout, prompt: str, size: in
                                     approx=Approximations(**cond.approx) if cond.approx else None,
                                     **common)
     if not cond.objects_in_prompt:  # the objects' maps are their region prompts' ("prompt: a x")
-        maps = {**maps, **{o.label: maps[f"prompt: {object_prompt(o.label)}"] for o in layout.objects}}
+        bg = layout.background if cond.captions else None
+        maps = {**maps, **{o.label: maps[f"prompt: {object_prompt(o.label, bg)}"] for o in layout.objects}}
     return images[0], maps, time.perf_counter() - t0
 
 
