@@ -321,3 +321,31 @@ def test_region_feature_fields_reach_the_library_and_the_hash(work, ckpt, capsys
     assert "PwW self-attention" not in parameters(outdir / "plain.png")
     hashes = [r["hash"] for r in read_records(outdir / "manifest.jsonl")]
     assert len(set(hashes)) == 3
+
+
+def test_approximation_fields_reach_the_library_and_the_hash(work, ckpt, capsys):
+    pww = {"prompt": "a cat", "seed": 4, "steps": 3, "color_map": "map.png", "color_context": CONTEXT}
+    bad = write_jobs(work, [{"id": "all", **pww, "tome": 1.0}, {"id": "neg", **pww, "deepcache": -1}])
+    assert run(bad, work / "bad", ckpt) == 2
+    err = capsys.readouterr().err
+    assert "field 'tome'" in err and "[0, 1)" in err and "field 'deepcache'" in err
+    jobs = [{"id": "exact", **pww}, {"id": "tome", **pww, "tome": 0.5},
+            {"id": "cached", **pww, "deepcache": 2}, {"id": "branch", **pww, "deepcache_branch": 2}]
+    path = write_jobs(work, jobs, {})
+    assert run(path, work / "fast", ckpt, "--fast") == 2  # before the model loads (no compile)
+    assert "need the eager UNet" in capsys.readouterr().err and not (work / "fast").exists()
+    outdir = work / "out"
+    assert run(path, outdir, ckpt) == 0
+    model = pww_ldm.load_model(ckpt, device="cpu")
+    for name, approx in (("tome", pww_ldm.Approximations(tome=0.5)),
+                         ("cached", pww_ldm.Approximations(deepcache=2))):
+        want = pww_ldm.paint_with_words(model, "a cat", Image.open(work / "map.png"), CONTEXT,
+                                        steps=3, seed=4, progress=False, approx=approx)
+        assert np.array_equal(pixels(outdir / f"{name}.png"), np.asarray(want[0].convert("RGB"), np.int16))
+    assert "ToMe: 0.5" in parameters(outdir / "tome.png")
+    assert "DeepCache: 2" in parameters(outdir / "cached.png")
+    assert "ToMe" not in parameters(outdir / "exact.png")
+    assert not np.array_equal(pixels(outdir / "tome.png"), pixels(outdir / "exact.png"))
+    hashes = {r["id"]: r["hash"] for r in read_records(outdir / "manifest.jsonl")}
+    # a branch without caching changes nothing, so it does not change the hash either
+    assert hashes["branch"] == hashes["exact"] and len({hashes[k] for k in ("exact", "tome", "cached")}) == 3

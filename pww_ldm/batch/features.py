@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..approx import Approximations
 from ..cli_text import check_text, embeddings_dir, prepare_text
 from ..lora import DEFAULT_LORA_DIR, extract_lora_tags, lora_shorthash, parse_lora_arg, resolve_lora
 from ..models.embeddings import embedding_files
@@ -30,6 +31,8 @@ from .jobs import Job
 # job fields of the region features and their "off" values
 FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0,
                   "region_cover": "touch"}
+# job fields of the approximations and their exact values (hashed when a job sets one away)
+APPROX_FIELDS = {"tome": 0.0, "deepcache": 0, "deepcache_branch": 1}
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,18 @@ def feature_payload(job: Job, text: TextSettings, mask_digest: str | None) -> di
     features = {k: getattr(job, k) for k, off in FEATURE_FIELDS.items() if getattr(job, k) != off}
     if features:
         payload["features"] = features
+    approx = job_approximations(job)
+    if approx is not None:  # the branch only matters with caching on
+        payload["approx"] = {k: getattr(job, k) for k in APPROX_FIELDS
+                             if k != "deepcache_branch" or approx.deepcache > 1}
     return payload
+
+
+def job_approximations(job: Job) -> Approximations | None:
+    """The job's ToMe / DeepCache settings, None when it runs the exact UNet."""
+    approx = Approximations(tome=job.tome, deepcache=job.deepcache,
+                            deepcache_branch=job.deepcache_branch)
+    return approx if approx.active else None
 
 
 def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.Image]:
@@ -126,7 +140,8 @@ def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.I
     common: dict[str, Any] = dict(
         steps=job.steps, guidance_scale=job.guidance_scale, seed=job.seed, sampler=job.sampler,
         negative_prompt=job.negative_prompt, width=inputs.width, height=inputs.height,
-        n_images=job.n_images, eta=job.eta, progress=False, extra_parameters={"Job hash": digest})
+        n_images=job.n_images, eta=job.eta, progress=False, extra_parameters={"Job hash": digest},
+        approx=job_approximations(job))
     pww = dict(color_map_image=inputs.color_map, color_context=inputs.regions,
                weight_function=job.weight_function, weight_scale=job.weight_scale,
                resample=job.resample, strict=job.strict,

@@ -3,7 +3,7 @@
 Names and defaults are those of `pww_ldm.paint_with_words`, `pww_ldm.inpaint` (mask_*,
 invert_mask, only_masked*), `pww_ldm.hires.hires_fix` (hr_*), the model's `clip_skip` and the region features
 (`self_attention`, `dense_cross`, `attention_guidance`, `base_ratio`, `region_cover`: the
-scripts' flags), plus
+scripts' flags), the approximations (`tome`, `deepcache`, `deepcache_branch`), plus
 `id` and `output` (the output name, without .png, relative to the output folder). A check returns
 the value to use (sampler names become canonical snake_case) or raises `Bad` with a reason
 written for people. Checks that involve several fields are in jobs.py (`_combination_issues`).
@@ -108,6 +108,13 @@ def _unit_closed(v: Any) -> float:
     return value
 
 
+def _merge_ratio(v: Any) -> float:
+    value = _number()(v)
+    if not 0 <= value < 1:
+        raise Bad(f"must be in [0, 1) (the fraction of tokens ToMe merges; 0 = off), got {v!r}")
+    return value
+
+
 def _hr_scale(v: Any) -> float | None:
     value = _number(optional=True)(v)
     if value is not None and not value > 1:
@@ -173,6 +180,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "self_attention": (_number(0.0), 0.0), "dense_cross": (_number(0.0), 0.0),
     "attention_guidance": (_number(0.0), 0.0), "base_ratio": (_unit_closed, 1.0),
     "region_cover": (_choice("touch", "area"), "touch"),
+    # the UNet's optional approximations (pww_ldm.approx.Approximations; --tome, --deepcache)
+    "tome": (_merge_ratio, 0.0), "deepcache": (_int(0), 0), "deepcache_branch": (_int(0), 1),
 }
 # strength left out (null): the library's default, 0.5 for img2img and 0.75 for inpainting
 STRENGTH_DEFAULTS = {"img2img": 0.5, "inpaint": 0.75}

@@ -92,6 +92,9 @@ class Job:
     attention_guidance: float = 0.0
     base_ratio: float = 1.0
     region_cover: str = "touch"
+    tome: float = 0.0
+    deepcache: int = 0
+    deepcache_branch: int = 1
     field_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def output_names(self) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_text import add_text_flags
-from .features import TextSettings
+from .features import TextSettings, job_approximations
 from .inputs import validate_job_file
 from .jobs import Job, JobFileError
 from .manifest import Summary, summary_from_manifest
@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--vae {args.vae}: no such file; pass a VAE file or leave the flag out")
         text = TextSettings.from_args(args)
         jobs = validate_job_file(args.jobs, check_inputs=not args.no_input_checks, text=text)
+        approximated = [j.id for j in jobs if job_approximations(j) is not None]
+        if args.fast and approximated:
+            raise UsageError(f"job(s) {', '.join(map(repr, approximated[:3]))} set tome / deepcache, "
+                             "which need the eager UNet: leave out --fast, or those fields")
         if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
             _lock = lock_outdir(Path(args.outdir))  # noqa: F841 - kept open until exit
         if rank_zero_only.rank == 0:
