@@ -35,7 +35,7 @@ def _values(**changes):
                   compare=True, keep_seed=True, mode="txt2img", self_attention=0.0,
                   inpaint_editor=None, mask_upload=None, mask_blur=4, invert_mask=False,
                   only_masked=False, only_masked_padding=32, inpaint_strength=0.75,
-                  attention_guidance=0.0)
+                  attention_guidance=0.0, base_ratio=1.0)
     assert set(values) == set(GEN_IN)  # the page sends exactly these
     values.update(changes)
     return values
@@ -90,6 +90,8 @@ def test_an_uploaded_mask_replaces_the_strokes_and_must_have_the_image_size(tmp_
     (dict(self_attention=-0.3), "self-attention -0.3"),
     (dict(attention_guidance=-0.5), "attention guidance -0.5: must be >= 0 \\(0 = off\\)"),
     (dict(attention_guidance=float("nan")), "attention guidance nan: must be >= 0"),
+    (dict(base_ratio=1.5), "base ratio 1.5: choose 0 to 1"),
+    (dict(base_ratio=float("nan")), "base ratio nan: choose 0 to 1"),
     (dict(table=[["#dc1e1e", "", "", "blurry", 1.0, -1, 0.0, 0.0, 0]]), "needs the region's own prompt"),
     (dict(table=[["#1e3cdc", "", "a blue box", "", 1.0, -1, 0.0, 0.0, 0]]),
      "#1e3cdc of region 'a blue box' is not in the colour map"),
@@ -116,6 +118,9 @@ def test_img2img_self_attention_and_guidance_reach_the_request(tmp_path):
     assert req.inpaint_options() == {} and req.self_attention == 0.3
     assert req.attention_guidance == 0.5 and req.settings(1)["attention_guidance"] == 0.5
     assert inputs.build_request(_values(attention_guidance=None)).attention_guidance == 0.0  # empty box
+    assert req.base_ratio == 1.0 and inputs.build_request(_values(base_ratio=None)).base_ratio == 1.0
+    based = inputs.build_request(_values(base_ratio=0.0))
+    assert based.base_ratio == 0.0 and based.settings(1)["base_ratio"] == 0.0
     assert req.settings(1)["strength"] == 0.4 and "mask_blur" not in req.settings(1)
 
 

@@ -63,7 +63,7 @@ def _generate(client: Client, rows=ROWS, prompt=PROMPT, **settings):
                 weight_function="std", weight_scale=8.0, init_image=None, strength=0.6,
                 compare=True, keep_seed=True, mode="txt2img", self_attention=0.0, inpaint_editor=None,
                 mask_upload=None, mask_blur=4, invert_mask=False, only_masked=False,
-                only_masked_padding=32, inpaint_strength=0.75, attention_guidance=0.0)
+                only_masked_padding=32, inpaint_strength=0.75, attention_guidance=0.0, base_ratio=1.0)
     args.update(settings)
     return args, client.submit(**args, api_name="/generate")
 
@@ -251,13 +251,14 @@ def test_inpaint_only_masked_keeps_the_init_size_and_everything_outside_the_box(
 
 
 @pytest.mark.slow
-def test_attention_guidance_reaches_the_engine_and_the_image_parameters(server, client):
-    _, info, _ = _generate(client, seed=9, steps=3, compare=False, attention_guidance=0.5)[1].result(
-        timeout=120)
-    assert "PwW guidance: 0.5" in info
+def test_guidance_and_base_ratio_reach_the_engine_and_the_image_parameters(server, client):
+    own = [ROWS[0], ROWS[1], ["#1e3cdc", "", "a blue square", "", 1.0, -1, 0.0, 0.0, 0], ROWS[3]]
+    _, info, _ = _generate(client, rows=own, seed=9, steps=3, compare=False, attention_guidance=0.5,
+                           base_ratio=0.0)[1].result(timeout=120)
+    assert "PwW guidance: 0.5" in info and "PwW base ratio: 0.0" in info
     meta = pngmeta.read_png(_samples(server)[-1].read_bytes())
     assert "PwW guidance: 0.5" in Image.open(_samples(server)[-1]).info["parameters"]
-    assert meta["settings"]["attention_guidance"] == 0.5
+    assert meta["settings"]["attention_guidance"] == 0.5 and meta["settings"]["base_ratio"] == 0.0
 
 
 @pytest.mark.slow

@@ -168,23 +168,25 @@ def test_png_reopen_reads_a1111_parameters_without_a_pww_chunk():
                                 "width": 512, "height": 768, "mask_blur": 6.0, "only_masked_padding": 16}
 
 
-def test_attention_guidance_comes_back_on_reopen_from_either_chunk(tmp_path):
+def test_guidance_and_base_ratio_come_back_on_reopen_from_either_chunk(tmp_path):
     from pww_ldm.webui.events import OUT, UI
 
     info = PngImagePlugin.PngInfo()  # parameters only, as the engine writes them: "PwW guidance: <v>"
     info.add_text("parameters", "a cat\nSteps: 20, Seed: 5, Size: 64x64, PwW guidance: 0.5, "
-                  "PwW guidance window: 0.3")
+                  "PwW guidance window: 0.3, PwW base ratio: 0.2")
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG", pnginfo=info)
-    assert pngmeta.read_png(buffer.getvalue())["settings"]["attention_guidance"] == 0.5
+    settings = pngmeta.read_png(buffer.getvalue())["settings"]
+    assert settings["attention_guidance"] == 0.5 and settings["base_ratio"] == 0.2
     rgb_map = np.full((8, 16, 3), 255, dtype=np.uint8)
     rgb_map[2:5, 3:9] = RED
-    chunk = pngmeta.pww_chunk("a red circle", "", {"steps": 4, "attention_guidance": 0.25},
+    chunk = pngmeta.pww_chunk("a red circle", "", {"steps": 4, "attention_guidance": 0.25, "base_ratio": 0.0},
                               [{"color": "#dc1e1e", "label": "red circle"}], rgb_map)
     path = save_png(Image.new("RGB", (16, 8)), tmp_path / "g.png",
                     "a red circle\nSteps: 4, PwW guidance: 0.25", {"pww": chunk})
     fields = UI(worker=None, start={}, tokenizer=get_tokenizer()).on_reopen(str(path))
     assert fields[OUT.index("attention_guidance")] == 0.25 and fields[OUT.index("steps")] == 4
+    assert fields[OUT.index("base_ratio")] == 0.0
 
 
 def test_png_reopen_rejects_other_files():

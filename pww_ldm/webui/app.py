@@ -131,6 +131,12 @@ def _settings_column(ui: UI) -> dict[str, Any]:
             0.0, minimum=0, label="attention guidance (0 = off)", elem_id="pww-attention-guidance",
             info="backward attention guidance (Chen et al. 2024), a step in noise std; off by default, "
                  "no gain measured on the demo model")
+        c["base_ratio"] = gr.Number(
+            1.0, minimum=0, maximum=1, label="base ratio (regions with their own prompt)",
+            elem_id="pww-base-ratio",
+            info="the prompt's share of attention inside regions that have their own prompt: 1 = "
+                 "unchanged, 0 = only the region's prompt there (with the objects named only in "
+                 "their regions, 0 draws no duplicates on the demo model)")
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="pww-generate")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="pww-stop")

@@ -124,6 +124,9 @@ def build_request(values: dict[str, Any]) -> Request:
         raise ValueError(f"batch size {batch}: choose 1 to 8")
     self_attention = off_or_positive(values.get("self_attention"), "self-attention")
     guidance = off_or_positive(values.get("attention_guidance"), "attention guidance")
+    base = 1.0 if values.get("base_ratio") is None else float(values["base_ratio"])
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"base ratio {base:g}: choose 0 to 1 (1 = unchanged)")
     color_map = handlers.quantized(values["editor"], values["extra_colors"], w, h)
     records = regions.records_from_rows(values["table"] or [])
     present = handlers.shares_of(color_map)
@@ -139,4 +142,5 @@ def build_request(values: dict[str, Any]) -> Request:
                    seed=whole(values["seed"], "seed"), width=w, height=h, batch_size=batch,
                    weight_function=values["weight_function"],
                    weight_scale=float(values["weight_scale"]), compare=bool(values["compare"]),
-                   self_attention=self_attention, attention_guidance=guidance, **_mode_inputs(values))
+                   self_attention=self_attention, attention_guidance=guidance, base_ratio=base,
+                   **_mode_inputs(values))

@@ -23,7 +23,8 @@ MAX_PIXELS = 4096 * 4096
 # Settings the chunk carries (UI field names); Size is split into width / height.
 SETTINGS = ("sampler", "steps", "cfg_scale", "seed", "width", "height", "batch_size",
             "weight_function", "weight_scale", "strength", "mode", "self_attention", "inpaint_strength",
-            "mask_blur", "invert_mask", "only_masked", "only_masked_padding", "attention_guidance")
+            "mask_blur", "invert_mask", "only_masked", "only_masked_padding", "attention_guidance",
+            "base_ratio")
 _FROM_PARAMETERS = {"Steps": ("steps", int), "Sampler": ("sampler", str),
                     "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
                     "PwW weight function": ("weight_function", str),
@@ -31,7 +32,8 @@ _FROM_PARAMETERS = {"Steps": ("steps", int), "Sampler": ("sampler", str),
                     "Denoising strength": ("strength", float),
                     "PwW self-attention": ("self_attention", float), "Mask blur": ("mask_blur", float),
                     "Masked area padding": ("only_masked_padding", int),
-                    "PwW guidance": ("attention_guidance", float)}
+                    "PwW guidance": ("attention_guidance", float),
+                    "PwW base ratio": ("base_ratio", float)}
 
 
 class ReopenError(ValueError):

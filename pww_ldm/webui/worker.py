@@ -82,7 +82,8 @@ class Request:
     mode: "txt2img", "img2img" (init_image, strength) or "inpaint" (init_image, mask: "L" image
     of init_image's size, white = repaint, with A1111's mask blur / invert / only-masked options;
     strength is then the inpaint tab's). self_attention: DenseDiffusion's w^s (0 = off);
-    attention_guidance: FeatureOptions.guidance, the backward guidance step (0 = off)."""
+    attention_guidance: FeatureOptions.guidance, the backward guidance step (0 = off);
+    base_ratio: FeatureOptions.base_ratio, the prompt's share inside own-prompt regions."""
 
     model: str
     prompt: str
@@ -109,6 +110,7 @@ class Request:
     only_masked_padding: int = 32
     self_attention: float = 0.0
     attention_guidance: float = 0.0
+    base_ratio: float = 1.0
 
     def settings(self, seed: int) -> dict[str, Any]:
         """The UI fields saved in the `pww` chunk, with the seed actually used."""
@@ -117,6 +119,7 @@ class Request:
                "batch_size": self.batch_size, "weight_function": self.weight_function,
                "weight_scale": self.weight_scale, "mode": self.mode,
                "self_attention": self.self_attention, "attention_guidance": self.attention_guidance,
+               "base_ratio": self.base_ratio,
                "strength": self.strength if self.mode == "img2img" else None}
         if self.mode == "inpaint":
             out.update(inpaint_strength=self.strength, mask_blur=self.mask_blur,
@@ -196,7 +199,7 @@ class Worker:
         import pww_ldm
 
         features = FeatureOptions(self_attention=request.self_attention,
-                                  guidance=request.attention_guidance)
+                                  guidance=request.attention_guidance, base_ratio=request.base_ratio)
         # "Only masked" crops the map with the image: a region outside the crop paints nothing
         # there and is dropped, not an error (the page checked every colour on the whole map).
         cropped = request.mode == "inpaint" and request.only_masked
