@@ -161,7 +161,10 @@ class DenseSelfAttention(_DenseModulation):
         q32, k32 = q.to(compute), k.to(compute)
         high, low = row_extremes(q32, k32)
         strength = self.strength(call, size, high)
-        codes = F.one_hot(ids.to(q.device), len(self.masks) + 1).to(compute)  # (N, S + 1)
+        key = ("codes", call.grid, str(q.device), compute)
+        if key not in self._cache:  # (N, S + 1), the same at every step of this grid
+            self._cache[key] = F.one_hot(ids.to(q.device), len(self.masks) + 1).to(compute)
+        codes = self._cache[key]
         q_aug = torch.cat([(1 - strength) * q32, strength * (high - low) * codes], dim=-1)
         k_aug = torch.cat([k32, codes.expand(*k.shape[:2], -1, -1)], dim=-1)
         return q_aug.to(q.dtype), k_aug.to(k.dtype)
