@@ -33,7 +33,7 @@ from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
 from .region import LabelNotInPromptError, RegionContext, load_color_context
 from .region.features import FeatureOptions
-from .region.region_prompts import COVERS
+from .region.region_prompts import COVERS, DEFAULT_COVER
 from .samplers.registry import get_sampler, sampler_names
 from .threads import set_threads
 from .user_errors import USER_ERRORS, UsageError, open_image
@@ -135,7 +135,7 @@ def _add_region_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-ratio", type=float, default=1.0,
                    help="the prompt's share of attention inside regions that have their own "
                         "\"prompt\" (1 = unchanged; 0 = only the region's prompt there)")
-    p.add_argument("--region-cover", default="touch", metavar="{touch,area}",
+    p.add_argument("--region-cover", default=DEFAULT_COVER, metavar="{touch,area}",
                    help="how a region with its own \"prompt\" reaches an attention cell: touch = "
                         "every cell it covers over 5 %% of (default; draws small and thin shapes "
                         "far more often), area = its share of the cell's pixels")
@@ -289,26 +289,17 @@ def approximations(args: argparse.Namespace) -> Approximations | None:
     return approx if approx.active else None
 
 
-def _precision(args: argparse.Namespace) -> str | None:
-    if args.precision == "auto":  # says what it picked: the choice depends on this machine
-        from .fast import auto_precision, auto_vae_precision
+def _precisions(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """load_model's (dtype, vae_dtype): what `--precision auto` picks on this machine (printed),
+    else the named precision and the VAE's default (None: fp32)."""
+    if args.precision == "auto":
+        from .fast import auto_dtypes
         from .loading import default_device
 
-        device = args.device or default_device()
-        name, reason = auto_precision(device)
-        print(f"--precision auto: {reason}\n--precision auto: {auto_vae_precision(device)[1]}")
-        return name
-    return {"autocast": None, "full": "fp32"}.get(args.precision, args.precision)
-
-
-def _vae_precision(args: argparse.Namespace) -> str | None:
-    """The VAE's dtype: what `--precision auto` picks for it, else load_model's default (fp32)."""
-    if args.precision != "auto":
-        return None
-    from .fast import auto_vae_precision
-    from .loading import default_device
-
-    return auto_vae_precision(args.device or default_device())[0]
+        unet, vae, report = auto_dtypes(args.device or default_device())
+        print(report)
+        return unet, vae
+    return {"autocast": None, "full": "fp32"}.get(args.precision, args.precision), None
 
 
 def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
@@ -318,11 +309,12 @@ def run(args: argparse.Namespace, img2img: bool) -> list[Path]:
 
     inputs = check_inputs(args, img2img)
     started = time.perf_counter()
+    dtype, vae_dtype = _precisions(args)
     model = pww_ldm.load_model(args.ckpt, config=args.config, device=args.device,
-                               dtype=_precision(args), use_ema=args.use_ema,
+                               dtype=dtype, use_ema=args.use_ema,
                                attention=args.attention, channels_last=args.channels_last,
                                compile=args.compile, fast=args.fast, vae=args.vae,
-                               vae_dtype=_vae_precision(args),
+                               vae_dtype=vae_dtype,
                                parameterization="v" if args.v_pred else None)
     prepare_text(model, args)
     outdir = Path(args.outdir or ("outputs/img2img-samples" if img2img else "outputs/txt2img-samples"))

@@ -131,6 +131,13 @@ def auto_vae_precision(device: torch.device | str, flags: Iterable[str] | None =
     return verdict, f"{evidence.describe()}: VAE {verdict}"
 
 
+def auto_dtypes(device: torch.device | str) -> tuple[str, str, str]:
+    """(UNet + text encoder precision, VAE precision, the two reasons as the lines a run prints)
+    that `--precision auto` picks on `device`."""
+    (unet, why), (vae, vae_why) = auto_precision(device), auto_vae_precision(device)
+    return unet, vae, f"--precision auto: {why}\n--precision auto: {vae_why}"
+
+
 def enable_fast(model: LatentDiffusion) -> LatentDiffusion:
     """Compile `model`'s UNet in place with inductor weight freezing; returns the model.
 

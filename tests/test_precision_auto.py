@@ -59,7 +59,7 @@ def test_the_recorded_measurement_is_what_auto_uses_on_a_bf16_cpu(monkeypatch):
 @pytest.mark.parametrize("flags", [ZEN4, SKYLAKE])
 def test_cli_says_what_auto_picked_for_the_unet_and_the_vae(monkeypatch, capsys, flags):
     monkeypatch.setattr(pww_ldm.fast, "cpu_flags", lambda: set(flags))
-    picked = cli._precision(argparse.Namespace(precision="auto", device="cpu"))
+    picked = cli._precisions(argparse.Namespace(precision="auto", device="cpu"))[0]
     out = capsys.readouterr().out
     assert picked == auto_precision("cpu")[0]
     assert f": {picked}" in out and "VAE" in out

@@ -25,12 +25,13 @@ from ..cli_text import check_text, embeddings_dir, prepare_text
 from ..lora import DEFAULT_LORA_DIR, extract_lora_tags, lora_shorthash, parse_lora_arg, resolve_lora
 from ..models.embeddings import embedding_files
 from ..region.features import FeatureOptions
+from ..region.region_prompts import DEFAULT_COVER
 from ..user_errors import UsageError
 from .jobs import Job
 
 # job fields of the region features and their "off" values
 FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0,
-                  "region_cover": "touch"}
+                  "region_cover": DEFAULT_COVER}
 # job fields of the approximations and their exact values (hashed when a job sets one away)
 APPROX_FIELDS = {"tome": 0.0, "deepcache": 0, "deepcache_branch": 1}
 

@@ -101,6 +101,14 @@ def _unit(optional: bool = False) -> Callable[[Any], float | None]:
     return check
 
 
+def _region_cover(v: Any) -> str:
+    from ..region.region_prompts import COVERS
+
+    if v not in COVERS:
+        raise Bad(f"must be one of {', '.join(COVERS)}, got {v!r}")
+    return v
+
+
 def _unit_closed(v: Any) -> float:
     value = _number()(v)
     if not 0 <= value <= 1:
@@ -179,7 +187,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # region features (pww_ldm.region.features.FeatureOptions; the scripts' flags); 0 = off
     "self_attention": (_number(0.0), 0.0), "dense_cross": (_number(0.0), 0.0),
     "attention_guidance": (_number(0.0), 0.0), "base_ratio": (_unit_closed, 1.0),
-    "region_cover": (_choice("touch", "area"), "touch"),
+    "region_cover": (_region_cover, "touch"),  # region_prompts.DEFAULT_COVER
     # the UNet's optional approximations (pww_ldm.approx.Approximations; --tome, --deepcache)
     "tome": (_merge_ratio, 0.0), "deepcache": (_int(0), 0), "deepcache_branch": (_int(0), 1),
 }

@@ -176,11 +176,11 @@ class BatchGenerator(pl.LightningModule):
         options = dict(self.load_options)
         if options["dtype"] != "auto":
             return options
-        from ..fast import auto_precision, auto_vae_precision
+        from ..fast import auto_dtypes
 
-        (unet, why), (vae, vae_why) = auto_precision(device), auto_vae_precision(device)
+        unet, vae, report = auto_dtypes(device)
         if self.global_rank == 0:
-            print(f"--precision auto: {why}\n--precision auto: {vae_why}", flush=True)
+            print(report, flush=True)
         options.update(dtype=unet, vae_dtype=vae)
         self.model_key = model_id(self.ckpt, f"{unet}/vae-{vae}", options["vae"], options["parameterization"])
         return options

@@ -24,7 +24,7 @@ from .errors import ColorMapError, ColorNotInMapError, RegionError
 from .guidance import DEFAULT_GUIDANCE_WINDOW, RegionGuidance
 from .masks import color_mask, gaussian_blur, to_rgb
 from .parse import Region, hex_color
-from .region_prompts import CHUNK, PromptRegion, RegionPrompts
+from .region_prompts import CHUNK, DEFAULT_COVER, PromptRegion, RegionPrompts
 from .self_attention import DEFAULT_SIZEREG, DEFAULT_WINDOW, DenseCrossAttention, DenseSelfAttention
 from .timing import StepClock
 from .tokens import Tokenizer, label_positions
@@ -57,7 +57,7 @@ class FeatureOptions:
     guidance_window: float = DEFAULT_GUIDANCE_WINDOW
     base_ratio: float = 1.0
     guidance_iterations: int = 1
-    region_cover: str = "touch"
+    region_cover: str = DEFAULT_COVER
 
 
 @dataclass
@@ -206,7 +206,7 @@ def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]
         out["PwW dense cross"] = options.dense_cross
     if prompt_regions and options.base_ratio != 1.0:
         out["PwW base ratio"] = options.base_ratio
-    if prompt_regions and options.region_cover != "touch":
+    if prompt_regions and options.region_cover != DEFAULT_COVER:
         out["PwW region cover"] = options.region_cover
     if options.guidance:
         out["PwW guidance"] = options.guidance

@@ -45,6 +45,7 @@ from .weighting import WeightFunction
 
 CHUNK = 77
 COVERS = ("touch", "area")
+DEFAULT_COVER = "touch"  # what FeatureOptions and the scripts use (this class defaults to exact area)
 TOUCH_FRACTION = 0.05  # a cell counts as touched above this share of its pixels
 
 
