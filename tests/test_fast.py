@@ -107,7 +107,7 @@ def test_cli_precision_auto_decides_from_the_cpu_flags_and_says_so(monkeypatch, 
     import pww_ldm.fast
 
     monkeypatch.setattr(pww_ldm.fast, "cpu_flags", lambda: set(flags))
-    assert cli._precision(argparse.Namespace(precision="auto", device="cpu")) == expected
+    assert cli._precisions(argparse.Namespace(precision="auto", device="cpu"))[0] == expected
     assert f": {expected}" in capsys.readouterr().out
 
 
