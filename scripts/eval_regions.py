@@ -58,7 +58,7 @@ def merge(paths: list[str], out: str) -> int:
     """Write one report (md, json, the runs' figures stacked) of runs written by this script."""
     from PIL import Image
 
-    from pww_ldm.train.eval_regions import load_results, report, write_results
+    from pww_ldm.train.eval_report import load_results, report, write_results
 
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()
     import pww_ldm
     from pww_ldm.threads import set_threads
-    from pww_ldm.train.eval_regions import default_conditions, evaluate, report, write_results
+    from pww_ldm.train.eval_regions import default_conditions, evaluate
+    from pww_ldm.train.eval_report import report, write_results
     from pww_ldm.train.shapes import FAMILIES
 
     p = build_parser()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pww_ldm.train.eval_metrics import components, duplicates, pearson
-from pww_ldm.train.eval_regions import Condition, correlation, evaluate, family_layout, report
+from pww_ldm.train.eval_regions import Condition, evaluate, family_layout
+from pww_ldm.train.eval_report import correlation, report
 from pww_ldm.train.shapes import FAMILIES, render_layout, sample_layout
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "pww-demo" / "model.safetensors"

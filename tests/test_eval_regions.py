@@ -87,7 +87,7 @@ def _run_json(path: Path, family: str, ious: dict[str, list[float]]) -> Path:
 
 
 def test_merged_runs_pool_their_objects(tmp_path):
-    from pww_ldm.train.eval_regions import load_results
+    from pww_ldm.train.eval_report import load_results
 
     a = _run_json(tmp_path / "a.json", "train", {"no PwW": [0.1, 0.3], "std x8": [0.5, 0.7]})
     b = _run_json(tmp_path / "b.json", "edges", {"std x8": [0.2], "no PwW": [0.0]})
@@ -99,6 +99,18 @@ def test_merged_runs_pool_their_objects(tmp_path):
     c = _run_json(tmp_path / "c.json", "small", {"no PwW": [0.0]})
     with pytest.raises(ValueError, match="'std x8' is missing"):
         load_results([a, c])
+
+
+def test_shape_table_means_per_shape_and_omits_unrecorded_shapes():
+    from pww_ldm.train.eval_regions import Condition
+    from pww_ldm.train.eval_report import shape_table
+
+    scores = [{"iou": 0.6, "recall": 1.0, "shape": "circle"}, {"iou": 0.2, "recall": 1.0, "shape": "circle"},
+              {"iou": 0.0, "recall": 0.0, "shape": "star"}, {"iou": 0.3, "recall": 1.0, "shape": "star"}]
+    table = shape_table([Condition("a", scores=scores)]).splitlines()
+    assert table[0] == "| condition | circle | star |"  # SHAPES order, only the shapes present
+    assert table[2] == "| a | 0.400 / 1.00 | 0.150 / 0.50 |"
+    assert shape_table([Condition("old", scores=[{"iou": 0.5, "recall": 1.0}])]) == ""
 
 
 def test_first_layout_and_objects_only_in_their_regions(monkeypatch):
