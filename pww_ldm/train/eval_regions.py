@@ -152,8 +152,8 @@ def default_conditions() -> list[Condition]:
     negative weight outside; attention guidance (pww_ldm.region.guidance); the objects named only
     by their regions' own prompts (the prompt says only the background), at weight 1 and 2, and
     with the prompt's share inside the regions (base ratio) 0 and 0.2 (at base 0 also at std x4);
-    at base 0, the objects' prompts as one-object training captions, and the regions' area cover instead of the default
-    touch cover (pww_ldm.region.region_prompts)."""
+    at base 0, the objects' prompts as one-object training captions, and the regions' area cover
+    instead of the default touch cover (pww_ldm.region.region_prompts)."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
