@@ -35,7 +35,7 @@ def _values(**changes):
                   compare=True, keep_seed=True, mode="txt2img", self_attention=0.0,
                   inpaint_editor=None, mask_upload=None, mask_blur=4, invert_mask=False,
                   only_masked=False, only_masked_padding=32, inpaint_strength=0.75,
-                  attention_guidance=0.0, base_ratio=1.0)
+                  attention_guidance=0.0, base_ratio=1.0, tome=0.0, deepcache=0, deepcache_branch=1)
     assert set(values) == set(GEN_IN)  # the page sends exactly these
     values.update(changes)
     return values

@@ -63,7 +63,8 @@ def _generate(client: Client, rows=ROWS, prompt=PROMPT, **settings):
                 weight_function="std", weight_scale=8.0, init_image=None, strength=0.6,
                 compare=True, keep_seed=True, mode="txt2img", self_attention=0.0, inpaint_editor=None,
                 mask_upload=None, mask_blur=4, invert_mask=False, only_masked=False,
-                only_masked_padding=32, inpaint_strength=0.75, attention_guidance=0.0, base_ratio=1.0)
+                only_masked_padding=32, inpaint_strength=0.75, attention_guidance=0.0, base_ratio=1.0,
+                tome=0.0, deepcache=0, deepcache_branch=1)
     args.update(settings)
     return args, client.submit(**args, api_name="/generate")
 
@@ -269,3 +270,16 @@ def test_region_with_its_own_prompt_paints_from_the_table(server, client):
     meta = pngmeta.read_png(_samples(server)[-1].read_bytes())
     assert meta["regions"][1] == {"color": "#1e3cdc", "prompt": "a small blue box", "weight": 1.0,
                                   "seed": None, "blur": 0.0, "outside": 0.0, "occurrence": None}
+
+
+@pytest.mark.slow
+def test_tome_and_deepcache_fields_reach_the_image_and_bad_ones_are_a_message(server, client):
+    _, info, _ = _generate(client, seed=9, steps=3, compare=False, tome=0.5, deepcache=3,
+                           deepcache_branch=1)[1].result(timeout=120)
+    assert "ToMe: 0.5" in info and "DeepCache: 3 (branch 1)" in info
+    reopened = client.predict(handle_file(str(_samples(server)[-1])), api_name="/reopen")
+    assert [reopened[events.OUT.index(k)] for k in ("tome", "deepcache", "deepcache_branch")] == [0.5, 3, 1]
+    before = _samples(server)
+    with pytest.raises(AppError, match=r"tome \(the merged fraction of tokens\) must be in \[0, 1\)"):
+        _generate(client, tome=1.0)[1].result(timeout=120)
+    assert _samples(server) == before

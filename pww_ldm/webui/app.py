@@ -137,6 +137,7 @@ def _settings_column(ui: UI) -> dict[str, Any]:
             info="the prompt's share of attention inside regions that have their own prompt: 1 = "
                  "unchanged, 0 = only the region's prompt there (with the objects named only in "
                  "their regions, 0 draws no duplicates on the demo model)")
+    c.update(_approx_row())
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="pww-generate")
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="pww-stop")
@@ -149,6 +150,27 @@ def _settings_column(ui: UI) -> dict[str, Any]:
     c["results"] = gr.State(None)
     c["extra_colors"] = gr.State([])
     c["colors"] = gr.State(None)  # the colours of the last map read, for the table's update
+    return c
+
+
+def _approx_row() -> dict[str, Any]:
+    """The UNet's approximations (pww_ldm.approx, the scripts' --tome / --deepcache /
+    --deepcache-branch), off by default. No minimum / maximum: the page's check gives the
+    scripts' message for a bad value, not gradio's."""
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["tome"] = gr.Number(
+            0.0, step=0.05, label="Token merging (ToMe) ratio", elem_id="pww-tome",
+            info="approximate, faster: this share of the finest level's self-attention tokens is "
+                 "merged, in [0, 1); 0 = off (exact), 0.5 is tomesd's default")
+        c["deepcache"] = gr.Number(
+            0, precision=0, label="DeepCache interval", elem_id="pww-deepcache",
+            info="approximate, faster: the whole UNet every N-th call, only its shallow blocks in "
+                 "between; 0 or 1 = off (exact), e.g. 3")
+        c["deepcache_branch"] = gr.Number(
+            1, precision=0, label="DeepCache branch", elem_id="pww-deepcache-branch",
+            info="the shallow blocks: input blocks 0..B and their output blocks (default 1; "
+                 "larger = slower and closer)")
     return c
 
 

@@ -29,12 +29,13 @@ from .worker import GenerationStopped, Worker
 OUT = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
        "batch_size", "weight_function", "weight_scale", "strength", "mode", "self_attention",
        "inpaint_strength", "mask_blur", "invert_mask", "only_masked", "only_masked_padding",
-       "attention_guidance", "base_ratio"]
+       "attention_guidance", "base_ratio", "tome", "deepcache", "deepcache_branch"]
 GEN_IN = ["model", "prompt", "negative_prompt", "editor", "extra_colors", "table", "sampler", "steps",
           "cfg_scale", "seed", "width", "height", "batch_size", "weight_function", "weight_scale",
           "init_image", "strength", "compare", "keep_seed", "mode", "self_attention", "inpaint_editor",
           "mask_upload", "mask_blur", "invert_mask", "only_masked", "only_masked_padding",
-          "inpaint_strength", "attention_guidance", "base_ratio"]
+          "inpaint_strength", "attention_guidance", "base_ratio", "tome", "deepcache",
+          "deepcache_branch"]
 PROGRESS = gr.Progress()  # gradio sees this default and passes each call its own tracker
 
 
@@ -181,7 +182,8 @@ class UI:
                  keep_seed: bool, mode: str, self_attention: Any, inpaint_editor: dict | None,
                  mask_upload: str | None, mask_blur: Any, invert_mask: bool, only_masked: bool,
                  only_masked_padding: Any, inpaint_strength: Any, attention_guidance: Any,
-                 base_ratio: Any, request: gr.Request,
+                 base_ratio: Any, tome: Any, deepcache: Any, deepcache_branch: Any,
+                 request: gr.Request,
                  progress: gr.Progress = PROGRESS) -> tuple[Any, ...]:
         """Generate: (gallery, settings text, seed box, last seed, results state). The parameters
         are GEN_IN's, spelt out because gradio names the API's parameters after them."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..approx import Approximations
 from ..images import check_size
 from ..masking import MaskError, prepare_mask
 from . import handlers, regions
@@ -37,6 +38,19 @@ def off_or_positive(value: Any, name: str) -> float:
     if not number >= 0:
         raise ValueError(f"{name} {number}: must be >= 0 (0 = off)")
     return number
+
+
+def approximations(values: dict[str, Any]) -> Approximations:
+    """The ToMe ratio, DeepCache interval and branch fields (empty = off, branch 1), checked as
+    the scripts' --tome / --deepcache / --deepcache-branch: Approximations' own message."""
+    interval, branch = values.get("deepcache"), values.get("deepcache_branch")
+    interval = 0 if interval is None else whole(interval, "DeepCache interval")
+    branch = 1 if branch is None else whole(branch, "DeepCache branch")
+    try:
+        return Approximations(tome=float(values.get("tome") or 0.0), deepcache=interval,
+                              deepcache_branch=branch)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (ToMe ratio / DeepCache interval / DeepCache branch)") from None
 
 
 def _rgb(array: np.ndarray) -> Image.Image:
@@ -127,6 +141,7 @@ def build_request(values: dict[str, Any]) -> Request:
     base = 1.0 if values.get("base_ratio") is None else float(values["base_ratio"])
     if not 0.0 <= base <= 1.0:
         raise ValueError(f"base ratio {base:g}: choose 0 to 1 (1 = unchanged)")
+    approx = approximations(values)
     color_map = handlers.quantized(values["editor"], values["extra_colors"], w, h)
     records = regions.records_from_rows(values["table"] or [])
     present = handlers.shares_of(color_map)
@@ -143,4 +158,4 @@ def build_request(values: dict[str, Any]) -> Request:
                    weight_function=values["weight_function"],
                    weight_scale=float(values["weight_scale"]), compare=bool(values["compare"]),
                    self_attention=self_attention, attention_guidance=guidance, base_ratio=base,
-                   **_mode_inputs(values))
+                   approx=approx, **_mode_inputs(values))

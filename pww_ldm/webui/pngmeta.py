@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ MAX_PIXELS = 4096 * 4096
 SETTINGS = ("sampler", "steps", "cfg_scale", "seed", "width", "height", "batch_size",
             "weight_function", "weight_scale", "strength", "mode", "self_attention", "inpaint_strength",
             "mask_blur", "invert_mask", "only_masked", "only_masked_padding", "attention_guidance",
-            "base_ratio")
+            "base_ratio", "tome", "deepcache", "deepcache_branch")
 _FROM_PARAMETERS = {"Steps": ("steps", int), "Sampler": ("sampler", str),
                     "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
                     "PwW weight function": ("weight_function", str),
@@ -33,7 +34,11 @@ _FROM_PARAMETERS = {"Steps": ("steps", int), "Sampler": ("sampler", str),
                     "PwW self-attention": ("self_attention", float), "Mask blur": ("mask_blur", float),
                     "Masked area padding": ("only_masked_padding", int),
                     "PwW guidance": ("attention_guidance", float),
-                    "PwW base ratio": ("base_ratio", float)}
+                    "PwW base ratio": ("base_ratio", float),
+                    # the engine's key, and A1111's for the same tomesd ratio
+                    "ToMe": ("tome", float), "Token merging ratio": ("tome", float)}
+# the engine's "DeepCache: 3 (branch 1)" (pww_ldm.approx.Approximations.parameters)
+_DEEPCACHE = re.compile(r"(\d+) \(branch (\d+)\)")
 
 
 class ReopenError(ValueError):
@@ -87,6 +92,9 @@ def _from_parameters(text: str) -> dict[str, Any]:
     width, _, height = params.get("Size", "").partition("x")
     if width.isdigit() and height.isdigit():
         out["settings"].update(width=int(width), height=int(height))
+    deepcache = _DEEPCACHE.fullmatch(params.get("DeepCache", ""))
+    if deepcache:
+        out["settings"].update(deepcache=int(deepcache[1]), deepcache_branch=int(deepcache[2]))
     if "PwW regions" in params:
         try:
             out["regions"] = json.loads(params["PwW regions"])

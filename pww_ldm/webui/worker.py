@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..approx import Approximations
 from ..heatmaps import attention_grid, label_masks
 from ..images import check_size, image_grid, save_png
 from ..pipeline import resolve_seed
@@ -83,7 +84,9 @@ class Request:
     of init_image's size, white = repaint, with A1111's mask blur / invert / only-masked options;
     strength is then the inpaint tab's). self_attention: DenseDiffusion's w^s (0 = off);
     attention_guidance: FeatureOptions.guidance, the backward guidance step (0 = off);
-    base_ratio: FeatureOptions.base_ratio, the prompt's share inside own-prompt regions."""
+    base_ratio: FeatureOptions.base_ratio, the prompt's share inside own-prompt regions.
+    approx: the UNet's approximations (ToMe, DeepCache; the default: none), kept as asked even
+    when off, so the saved settings give back the fields as they were."""
 
     model: str
     prompt: str
@@ -111,6 +114,7 @@ class Request:
     self_attention: float = 0.0
     attention_guidance: float = 0.0
     base_ratio: float = 1.0
+    approx: Approximations = field(default_factory=Approximations)
 
     def settings(self, seed: int) -> dict[str, Any]:
         """The UI fields saved in the `pww` chunk, with the seed actually used."""
@@ -119,7 +123,8 @@ class Request:
                "batch_size": self.batch_size, "weight_function": self.weight_function,
                "weight_scale": self.weight_scale, "mode": self.mode,
                "self_attention": self.self_attention, "attention_guidance": self.attention_guidance,
-               "base_ratio": self.base_ratio,
+               "base_ratio": self.base_ratio, "tome": self.approx.tome,
+               "deepcache": self.approx.deepcache, "deepcache_branch": self.approx.deepcache_branch,
                "strength": self.strength if self.mode == "img2img" else None}
         if self.mode == "inpaint":
             out.update(inpaint_strength=self.strength, mask_blur=self.mask_blur,
@@ -171,10 +176,12 @@ class Worker:
                              "(the labels must be words of the prompt) or its own prompt")
         model, lock = self.pool.get(request.model)
         seed = resolve_seed(request.seed)
+        # Both runs share these, the approximations too: the comparison differs by PwW alone.
         common = dict(steps=request.steps, guidance_scale=request.cfg_scale, seed=seed,
                       sampler=request.sampler, negative_prompt=request.negative_prompt,
                       width=request.width, height=request.height, n_images=request.batch_size,
-                      progress=False, **request.inpaint_options())
+                      progress=False, approx=request.approx if request.approx.active else None,
+                      **request.inpaint_options())
         if request.init_image is not None:
             common.update(init_image=request.init_image, strength=request.strength)
         color_map = Image.fromarray(request.color_map)
