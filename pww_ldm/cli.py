@@ -33,7 +33,7 @@ from .models.tokenizer import get_tokenizer
 from .pipeline import resolve_seed, resolve_size
 from .region import LabelNotInPromptError, RegionContext, load_color_context
 from .region.features import FeatureOptions
-from .region.region_prompts import COVERS, DEFAULT_COVER
+from .region.region_prompts import BIAS_TOKENS, COVERS, DEFAULT_BIAS_TOKENS, DEFAULT_COVER
 from .samplers.registry import get_sampler, sampler_names
 from .threads import set_threads
 from .user_errors import USER_ERRORS, UsageError, open_image
@@ -139,6 +139,11 @@ def _add_region_flags(p: argparse.ArgumentParser) -> None:
                    help="how a region with its own \"prompt\" reaches an attention cell: touch = "
                         "every cell it covers over 5 %% of (default; draws small and thin shapes "
                         "far more often), area = its share of the cell's pixels")
+    p.add_argument("--region-bias-tokens", default=DEFAULT_BIAS_TOKENS,
+                   metavar="{" + ",".join(BIAS_TOKENS) + "}",
+                   help="which tokens of a region's own \"prompt\" get the Paint-with-Words bias: its "
+                        "words, its words and its end-of-text token, or the end-of-text token alone "
+                        f"(default {DEFAULT_BIAS_TOKENS})")
     p.add_argument("--lenient", action="store_true",
                    help="a context colour missing from the map is a warning, not an error")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
@@ -233,6 +238,9 @@ def _check_numbers(args: argparse.Namespace, img2img: bool) -> None:
         raise UsageError(f"--base-ratio must be in [0, 1] (1 = unchanged), got {args.base_ratio}")
     if args.region_cover not in COVERS:
         raise UsageError(f"--region-cover must be one of {', '.join(COVERS)}, got {args.region_cover!r}")
+    if args.region_bias_tokens not in BIAS_TOKENS:
+        raise UsageError(f"--region-bias-tokens must be one of {', '.join(BIAS_TOKENS)}, "
+                         f"got {args.region_bias_tokens!r}")
     get_sampler(args.sampler)  # UnknownSamplerError listing the valid names
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"config {args.config} does not exist: pass --config with a model "
@@ -367,7 +375,8 @@ def _generate(pww_ldm: Any, model: Any, args: argparse.Namespace, inputs: Inputs
         return plain(model, args.prompt, seed=seed, **hires, **common), None
     features = FeatureOptions(self_attention=args.self_attention, dense_cross=args.dense_cross,
                               guidance=args.attention_guidance, base_ratio=args.base_ratio,
-                              region_cover=args.region_cover)
+                              region_cover=args.region_cover,
+                              region_bias_tokens=args.region_bias_tokens)
     pww = partial(hires_fix, **hires) if hires else pww_ldm.paint_with_words
     out = pww(
         model, args.prompt, color_map_image=inputs.color_map, color_context=inputs.regions, seed=seed,

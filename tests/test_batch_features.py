@@ -299,12 +299,14 @@ def test_region_feature_fields_reach_the_library_and_the_hash(work, ckpt, capsys
     bad = write_jobs(work, [{"id": "neg", **pww, "self_attention": -0.3},
                             {"id": "word", **pww, "attention_guidance": "strong"},
                             {"id": "base", **pww, "base_ratio": 1.5},
-                            {"id": "cover", **pww, "region_cover": "box"}])
+                            {"id": "cover", **pww, "region_cover": "box"},
+                            {"id": "tokens", **pww, "region_bias_tokens": "all"}])
     assert run(bad, work / "bad", ckpt) == 2
     err = capsys.readouterr().err
     assert "field 'self_attention'" in err and "field 'attention_guidance'" in err
     assert "field 'base_ratio'" in err and "must be in [0, 1]" in err
     assert "field 'region_cover'" in err and "'box'" in err
+    assert "field 'region_bias_tokens'" in err and "'all'" in err
     assert not (work / "bad").exists()
     jobs = [{"id": "plain", **pww}, {"id": "dense", **pww, "self_attention": 0.3, "dense_cross": 1.0},
             {"id": "guided", **pww, "attention_guidance": 0.2}]

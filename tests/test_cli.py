@@ -201,6 +201,7 @@ def test_unreadable_image_is_one_line_exit_2(capsys, inputs, no_model, img2img, 
     (False, ["--self-attention", "-1"], "--self-attention must be >= 0"),
     (False, ["--base-ratio", "1.2"], "--base-ratio must be in [0, 1]"),
     (False, ["--region-cover", "box"], "--region-cover must be one of touch, area, got 'box'"),
+    (False, ["--region-bias-tokens", "all"], "--region-bias-tokens must be one of words, words+end, end"),
 ])
 def test_bad_input_fails_before_the_model_loads(capsys, inputs, no_model, img2img, flags, fragment):
     args = with_flags(base_args(inputs), *[f.replace("{d}", str(inputs)) for f in flags])

@@ -1,6 +1,7 @@
 """Per-region prompts: the region chunk's tokens get their bias only inside their region and are
 suppressed (probability exactly 0) outside it; the region language carries prompt fields."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,8 +13,9 @@ from tiny import tiny_model
 from pww_ldm.conditioning import AttentionCall
 from pww_ldm.pipeline import paint_with_words
 from pww_ldm.region import ColorContextSyntaxError, RegionError, parse_color_context
-from pww_ldm.region.features import FeatureOptions
-from pww_ldm.region.region_prompts import PromptRegion, RegionPrompts
+from pww_ldm.region.context import RegionContext
+from pww_ldm.region.features import FeatureOptions, build_features
+from pww_ldm.region.region_prompts import PromptRegion, RegionPrompts, bias_positions
 from pww_ldm.region.weighting import get_weight_function
 
 
@@ -106,6 +108,26 @@ def test_base_ratio_scales_the_prompts_mass_inside_the_regions(base):
         RegionPrompts([PromptRegion(mask, 0, ())], 1, 64, 64, None, "cond", base=1.5)
 
 
+@pytest.mark.parametrize("bias_tokens, expected", [("words", (1, 2, 3)), ("words+end", (1, 2, 3, 4)),
+                                                    ("end", (4,))])
+def test_region_bias_tokens_pick_the_chunks_end_of_text_token(bias_tokens, expected):
+    model = tiny_model(seed=1)
+    tokenizer = model.cond_stage_model.tokenizer
+    ids = tokenizer.encode("a red apple")
+    assert len(ids) == 3  # one token per word, so the chunk is [BOS, a, red, apple, EOT, pad...]
+    region = dataclasses.replace(parse_color_context([{"color": "#ff0000", "prompt": "a red apple"}])[0],
+                                 mask=left_half())
+    no_labels = RegionContext([], 1, 64, 64, get_weight_function("max"))
+    features = build_features(FeatureOptions(region_bias_tokens=bias_tokens), no_labels, [region],
+                              n_steps=2, latent_hw=(8, 8), alphas_cumprod=torch.linspace(0.99, 0.01, 1000),
+                              encode=lambda texts: torch.zeros(len(texts), 77, 32), tokenizer=tokenizer)
+    cond = features.plugins[0]
+    assert cond.acts_on == "cond" and cond.regions[0].words == expected
+    assert bias_positions((1, 2), "words+end") == (1, 2, 3)
+    with pytest.raises(RegionError, match="bias tokens"):
+        bias_positions((1, 2), "all")
+
+
 def test_record_fields_and_errors():
     regions = parse_color_context([
         {"color": "#ff0000", "prompt": "a fluffy ginger cat, sleeping", "weight": 1.0},
@@ -162,6 +184,11 @@ def test_pipeline_region_prompt_changes_only_what_it_should():
     assert not np.array_equal(np.asarray(area[0]), np.asarray(images[0]))  # touch is the default
     assert "PwW region cover: area" in area[0].info["parameters"]
     assert "PwW region cover" not in images[0].info["parameters"]
+    end = paint_with_words(model, "a still life", cmap, own,
+                           features=FeatureOptions(region_bias_tokens="words+end"), **kw)
+    assert not np.array_equal(np.asarray(end[0]), np.asarray(images[0]))
+    assert "PwW region bias tokens: words+end" in end[0].info["parameters"]
+    assert "PwW region bias tokens" not in images[0].info["parameters"]
     with pytest.raises(RegionError, match="one chunk of 75 tokens"):
         paint_with_words(model, "a still life", cmap,
                          [{"color": "#ff0000", "prompt": "apple " * 80}], **kw)

@@ -25,13 +25,13 @@ from ..cli_text import check_text, embeddings_dir, prepare_text
 from ..lora import DEFAULT_LORA_DIR, extract_lora_tags, lora_shorthash, parse_lora_arg, resolve_lora
 from ..models.embeddings import embedding_files
 from ..region.features import FeatureOptions
-from ..region.region_prompts import DEFAULT_COVER
+from ..region.region_prompts import DEFAULT_BIAS_TOKENS, DEFAULT_COVER
 from ..user_errors import UsageError
 from .jobs import Job
 
 # job fields of the region features and their "off" values
 FEATURE_FIELDS = {"self_attention": 0.0, "dense_cross": 0.0, "attention_guidance": 0.0, "base_ratio": 1.0,
-                  "region_cover": DEFAULT_COVER}
+                  "region_cover": DEFAULT_COVER, "region_bias_tokens": DEFAULT_BIAS_TOKENS}
 # job fields of the approximations and their exact values (hashed when a job sets one away)
 APPROX_FIELDS = {"tome": 0.0, "deepcache": 0, "deepcache_branch": 1}
 
@@ -148,7 +148,8 @@ def generate_job(model: Any, job: Job, inputs: Any, digest: str) -> list[Image.I
                resample=job.resample, strict=job.strict,
                features=FeatureOptions(self_attention=job.self_attention, dense_cross=job.dense_cross,
                                        guidance=job.attention_guidance, base_ratio=job.base_ratio,
-                                       region_cover=job.region_cover))
+                                       region_cover=job.region_cover,
+                                       region_bias_tokens=job.region_bias_tokens))
     with job_clip_skip(model, job.clip_skip):
         if job.mask_image is None and job.hr_scale is None:
             return paint_with_words(model, job.prompt, init_image=inputs.init_image,

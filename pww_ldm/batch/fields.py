@@ -2,8 +2,8 @@
 
 Names and defaults are those of `pww_ldm.paint_with_words`, `pww_ldm.inpaint` (mask_*,
 invert_mask, only_masked*), `pww_ldm.hires.hires_fix` (hr_*), the model's `clip_skip` and the region features
-(`self_attention`, `dense_cross`, `attention_guidance`, `base_ratio`, `region_cover`: the
-scripts' flags), the approximations (`tome`, `deepcache`, `deepcache_branch`), plus
+(`self_attention`, `dense_cross`, `attention_guidance`, `base_ratio`, `region_cover`,
+`region_bias_tokens`: the scripts' flags), the approximations (`tome`, `deepcache`, `deepcache_branch`), plus
 `id` and `output` (the output name, without .png, relative to the output folder). A check returns
 the value to use (sampler names become canonical snake_case) or raises `Bad` with a reason
 written for people. Checks that involve several fields are in jobs.py (`_combination_issues`).
@@ -109,6 +109,14 @@ def _region_cover(v: Any) -> str:
     return v
 
 
+def _region_bias_tokens(v: Any) -> str:
+    from ..region.region_prompts import BIAS_TOKENS
+
+    if v not in BIAS_TOKENS:
+        raise Bad(f"must be one of {', '.join(BIAS_TOKENS)}, got {v!r}")
+    return v
+
+
 def _unit_closed(v: Any) -> float:
     value = _number()(v)
     if not 0 <= value <= 1:
@@ -188,6 +196,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "self_attention": (_number(0.0), 0.0), "dense_cross": (_number(0.0), 0.0),
     "attention_guidance": (_number(0.0), 0.0), "base_ratio": (_unit_closed, 1.0),
     "region_cover": (_region_cover, "touch"),  # region_prompts.DEFAULT_COVER
+    "region_bias_tokens": (_region_bias_tokens, "words"),  # region_prompts.DEFAULT_BIAS_TOKENS
     # the UNet's optional approximations (pww_ldm.approx.Approximations; --tome, --deepcache)
     "tome": (_merge_ratio, 0.0), "deepcache": (_int(0), 0), "deepcache_branch": (_int(0), 1),
 }

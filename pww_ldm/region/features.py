@@ -24,7 +24,14 @@ from .errors import ColorMapError, ColorNotInMapError, RegionError
 from .guidance import DEFAULT_GUIDANCE_WINDOW, RegionGuidance
 from .masks import color_mask, gaussian_blur, to_rgb
 from .parse import Region, hex_color
-from .region_prompts import CHUNK, DEFAULT_COVER, PromptRegion, RegionPrompts
+from .region_prompts import (
+    CHUNK,
+    DEFAULT_BIAS_TOKENS,
+    DEFAULT_COVER,
+    PromptRegion,
+    RegionPrompts,
+    bias_positions,
+)
 from .self_attention import DEFAULT_SIZEREG, DEFAULT_WINDOW, DenseCrossAttention, DenseSelfAttention
 from .timing import StepClock
 from .tokens import Tokenizer, label_positions
@@ -43,7 +50,9 @@ class FeatureOptions:
     gradient steps each. base_ratio: the prompt's share of attention inside the regions that
     have their own prompt (pww_ldm.region.region_prompts; 1 = unchanged, 0 = only their own);
     region_cover: how those regions reach a grid cell, "touch" (any cell they cover more than
-    5 % of) or "area" (their share of its pixels).
+    5 % of) or "area" (their share of its pixels); region_bias_tokens: which of their prompt's
+    tokens get the Paint-with-Words bias, "words", "words+end" (and the end-of-text token) or
+    "end" (pww_ldm.region.region_prompts.BIAS_TOKENS).
     """
 
     attention_maps: bool = False
@@ -58,6 +67,7 @@ class FeatureOptions:
     base_ratio: float = 1.0
     guidance_iterations: int = 1
     region_cover: str = DEFAULT_COVER
+    region_bias_tokens: str = DEFAULT_BIAS_TOKENS
 
 
 @dataclass
@@ -91,7 +101,8 @@ class Features:
 
 
 def _prompt_chunks(prompt_regions: Sequence[Region], encode: Callable[[list[str]], torch.Tensor],
-                   tokenizer: Tokenizer) -> tuple[list[PromptRegion], list[PromptRegion], tuple]:
+                   tokenizer: Tokenizer, bias_tokens: str = DEFAULT_BIAS_TOKENS
+                   ) -> tuple[list[PromptRegion], list[PromptRegion], tuple]:
     """Cond and uncond PromptRegions and the encoded chunks (cond (1, 77R, C), uncond likewise)."""
     cond, uncond, cond_rows, uncond_rows = [], [], [], []
     for r, region in enumerate(prompt_regions):
@@ -100,7 +111,7 @@ def _prompt_chunks(prompt_regions: Sequence[Region], encode: Callable[[list[str]
         if pair.shape[1] != CHUNK:
             raise RegionError(f"region {region.color}: its prompt and negative prompt must fit one "
                               f"chunk of 75 tokens; {region.prompt!r} / {negative!r} do not")
-        words = label_positions(region.prompt, region.prompt, tokenizer)
+        words = bias_positions(label_positions(region.prompt, region.prompt, tokenizer), bias_tokens)
         cond.append(PromptRegion(region.mask, r, words, region.weight))
         uncond.append(PromptRegion(region.mask, r, (), 0.0, visible=bool(negative)))
         cond_rows.append(pair[:1])
@@ -125,7 +136,8 @@ def build_features(options: FeatureOptions, regions: RegionContext, prompt_regio
             [r.mask for r in labelled], [r.token_positions[0] for r in labelled], features.clock,
             alphas_cumprod, options.dense_cross, options.sizereg, options.window))
     if prompt_regions:
-        cond, uncond, features.extra_chunks = _prompt_chunks(prompt_regions, encode, tokenizer)
+        cond, uncond, features.extra_chunks = _prompt_chunks(prompt_regions, encode, tokenizer,
+                                                                 options.region_bias_tokens)
         size = (regions.height, regions.width)
         fn = regions.weight_function
         cover = options.region_cover
@@ -208,6 +220,8 @@ def feature_parameters(options: FeatureOptions, prompt_regions: Sequence[Region]
         out["PwW base ratio"] = options.base_ratio
     if prompt_regions and options.region_cover != DEFAULT_COVER:
         out["PwW region cover"] = options.region_cover
+    if prompt_regions and options.region_bias_tokens != DEFAULT_BIAS_TOKENS:
+        out["PwW region bias tokens"] = options.region_bias_tokens
     if options.guidance:
         out["PwW guidance"] = options.guidance
         out["PwW guidance window"] = options.guidance_window

@@ -47,6 +47,20 @@ CHUNK = 77
 COVERS = ("touch", "area")
 DEFAULT_COVER = "touch"  # what FeatureOptions and the scripts use (this class defaults to exact area)
 TOUCH_FRACTION = 0.05  # a cell counts as touched above this share of its pixels
+# Which tokens of a region's own prompt get the Paint-with-Words bias: its words, its words and
+# its end-of-text token (which CLIP's causal encoder fills with the whole region prompt), or the
+# end-of-text token alone.
+BIAS_TOKENS = ("words", "words+end", "end")
+DEFAULT_BIAS_TOKENS = "words"
+
+
+def bias_positions(words: tuple[int, ...], bias_tokens: str) -> tuple[int, ...]:
+    """Chunk positions that get the bias: `words` are a one-chunk prompt's word positions
+    (1..n, contiguous; BOS is 0), so its end-of-text token sits at n + 1."""
+    if bias_tokens not in BIAS_TOKENS:
+        raise RegionError(f"region bias tokens are one of {BIAS_TOKENS}, not {bias_tokens!r}")
+    end = (max(words) + 1,)
+    return {"words": words, "words+end": words + end, "end": end}[bias_tokens]
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,10 @@ def default_conditions() -> list[Condition]:
     negative weight outside; attention guidance (pww_ldm.region.guidance); the objects named only
     by their regions' own prompts (the prompt says only the background), at weight 1 and 2, and
     with the prompt's share inside the regions (base ratio) 0 and 0.2 (at base 0 also at std x4);
-    at base 0, the objects' prompts as one-object training captions, and the regions' area cover
-    instead of the default touch cover (pww_ldm.region.region_prompts)."""
+    at base 0, the objects' prompts as one-object training captions, the regions' area cover
+    instead of the default touch cover (pww_ldm.region.region_prompts), region weights 0 (the
+    chunk routed to its cells, no bias) to 0.5, and the bias also or only on the end-of-text
+    token of each region's prompt (region_bias_tokens) at std x8 and x4."""
     conds = [Condition("no PwW")]
     for fn, scales in (("max", (0.1, 0.4, 0.8)), ("std", (4.0, 8.0, 12.0, 16.0)),
                        ("log2_std", (2.0,))):
@@ -188,6 +190,13 @@ def default_conditions() -> list[Condition]:
                         objects_in_prompt=False, features={"base_ratio": b}) for b in (0.0, 0.2)]
     conds += [Condition("region prompts only, base 0, std x4", "std", 4.0, objects_in_prompt=False,
                         features={"base_ratio": 0.0})]
+    conds += [Condition(f"region prompts only x{w:g}, base 0, std x8", "std", 8.0,
+                        objects_in_prompt=False, weight=w, features={"base_ratio": 0.0})
+              for w in (0.0, 0.25, 0.5)]
+    conds += [Condition(f"region prompts only, base 0, std x{s:g}, bias {tokens}", "std", s,
+                        objects_in_prompt=False,
+                        features={"base_ratio": 0.0, "region_bias_tokens": tokens})
+              for tokens in ("words+end", "end") for s in (8.0, 4.0)]
     conds += [Condition("region captions only, base 0, std x8", "std", 8.0, objects_in_prompt=False,
                         captions=True, features={"base_ratio": 0.0}),
               Condition("region prompts only, base 0, std x8, area cover", "std", 8.0,
