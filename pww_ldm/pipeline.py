@@ -118,7 +118,10 @@ def _settings(model: LatentDiffusion, options: SamplingOptions, width: int, heig
     if options.eta is not None:
         settings["Eta"] = options.eta
     clip_skip = getattr(model, "clip_skip", 1)
-    if isinstance(clip_skip, int) and clip_skip > 1:  # A1111 writes it only when it is not 1
+    # A1111 writes it only when it is not the model's own layer: SD 1.x's last (1); SD 2.x's
+    # configs already take the penultimate layer (2), which A1111 does not write either.
+    native = getattr(getattr(model, "cond_stage_model", None), "native_clip_skip", 1)
+    if isinstance(clip_skip, int) and clip_skip != native:
         settings["Clip skip"] = clip_skip
     settings.update(extra or {})
     return settings

@@ -137,3 +137,17 @@ def test_original_stability_targets_build_our_classes():
     assert isinstance(model, LatentInpaintDiffusion)
     assert isinstance(model.cond_stage_model, FrozenOpenCLIPEmbedder)
     assert model.cond_stage_model.clip_skip == 2  # layer: "penultimate"
+
+
+def test_sd2_infotext_names_clip_skip_only_away_from_its_penultimate_layer():
+    from pww_ldm import generate
+    from pww_ldm.config import instantiate_from_config
+
+    model = instantiate_from_config(tiny_family_config("sd2").model).eval()
+    kw = dict(steps=1, width=64, height=64, seed=0, progress=False)
+    assert model.clip_skip == 2  # the SD 2.x config's own layer: A1111 writes no "Clip skip"
+    assert "Clip skip" not in generate(model, "a cat", **kw)[0].info["parameters"]
+    model.clip_skip = 3
+    assert "Clip skip: 3" in generate(model, "a cat", **kw)[0].info["parameters"]
+    model.clip_skip = 1  # the last layer is not SD 2.x's own: say so
+    assert "Clip skip: 1" in generate(model, "a cat", **kw)[0].info["parameters"]

@@ -128,6 +128,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         self.tokenizer = PromptTokenizer(get_tokenizer(), self.embedding_db)
         self.max_length = max_length
         self.clip_skip = 2 if layer == "penultimate" else 1
+        self.native_clip_skip = self.clip_skip  # the family's own layer (SD 2.x: penultimate)
         if freeze:
             self.freeze()
 

@@ -90,6 +90,7 @@ class FrozenCLIPEmbedder(nn.Module):
         if layer not in ("last", "penultimate"):
             raise ValueError(f"layer must be 'last' or 'penultimate', got {layer!r}")
         self.clip_skip = 2 if layer == "penultimate" else self.check_clip_skip(clip_skip)
+        self.native_clip_skip = 2 if layer == "penultimate" else 1  # the config's own layer
         if freeze:
             self.freeze()
 
