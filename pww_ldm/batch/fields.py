@@ -196,7 +196,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "self_attention": (_number(0.0), 0.0), "dense_cross": (_number(0.0), 0.0),
     "attention_guidance": (_number(0.0), 0.0), "base_ratio": (_unit_closed, 1.0),
     "region_cover": (_region_cover, "touch"),  # region_prompts.DEFAULT_COVER
-    "region_bias_tokens": (_region_bias_tokens, "words"),  # region_prompts.DEFAULT_BIAS_TOKENS
+    "region_bias_tokens": (_region_bias_tokens, "end"),  # region_prompts.DEFAULT_BIAS_TOKENS
     # the UNet's optional approximations (pww_ldm.approx.Approximations; --tome, --deepcache)
     "tome": (_merge_ratio, 0.0), "deepcache": (_int(0), 0), "deepcache_branch": (_int(0), 1),
 }

@@ -92,7 +92,7 @@ class Job:
     attention_guidance: float = 0.0
     base_ratio: float = 1.0
     region_cover: str = "touch"
-    region_bias_tokens: str = "words"
+    region_bias_tokens: str = "end"
     tome: float = 0.0
     deepcache: int = 0
     deepcache_branch: int = 1

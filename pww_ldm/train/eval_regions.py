@@ -41,6 +41,8 @@ MAP_BACKGROUND = (255, 255, 255)  # unpainted pixels of the colour map (no regio
 # Map colours of the background's own regions (when a condition paints the background's words):
 # any colours that are not object colours will do.
 MAP_TOP, MAP_BOTTOM = (0, 200, 200), (120, 90, 60)
+# The own-prompt conditions run before the end-of-text default keep the bias on their words.
+WORDS = {"region_bias_tokens": "words"}
 
 
 @dataclass
@@ -166,8 +168,8 @@ def default_conditions() -> list[Condition]:
               Condition("std x8, background 0.5", "std", 8.0, background=0.5)]
     self_attn, cross = {"self_attention": 0.3}, {"dense_cross": 1.0}
     conds += [Condition("std x8, self 0.3", "std", 8.0, features=self_attn),
-              Condition("std x8, own prompts", "std", 8.0, own_prompts=True),
-              Condition("std x8, own prompts, self 0.3", "std", 8.0, features=self_attn,
+              Condition("std x8, own prompts", "std", 8.0, own_prompts=True, features=WORDS),
+              Condition("std x8, own prompts, self 0.3", "std", 8.0, features={**self_attn, **WORDS},
                         own_prompts=True),
               Condition("std x8, outside -1, self 0.3", "std", 8.0, -1.0, features=self_attn),
               Condition("std x8, dense cross 1", "std", 8.0, features=cross),
@@ -185,22 +187,24 @@ def default_conditions() -> list[Condition]:
                         features=strong_self),
               Condition("std x8, guidance 0.5", "std", 8.0, features={"guidance": 0.5})]
     conds += [Condition(f"region prompts only{'' if w == 1 else f' x{w:g}'}, std x8", "std", 8.0,
-                        objects_in_prompt=False, weight=w) for w in (1.0, 2.0)]
+                        objects_in_prompt=False, weight=w, features=WORDS) for w in (1.0, 2.0)]
     conds += [Condition(f"region prompts only, base {b:g}, std x8", "std", 8.0,
-                        objects_in_prompt=False, features={"base_ratio": b}) for b in (0.0, 0.2)]
+                        objects_in_prompt=False, features={**WORDS, "base_ratio": b}) for b in (0.0, 0.2)]
     conds += [Condition("region prompts only, base 0, std x4", "std", 4.0, objects_in_prompt=False,
-                        features={"base_ratio": 0.0})]
+                        features={**WORDS, "base_ratio": 0.0})]
     conds += [Condition(f"region prompts only x{w:g}, base 0, std x8", "std", 8.0,
-                        objects_in_prompt=False, weight=w, features={"base_ratio": 0.0})
+                        objects_in_prompt=False, weight=w, features={**WORDS, "base_ratio": 0.0})
               for w in (0.0, 0.25, 0.5)]
     conds += [Condition(f"region prompts only, base 0, std x{s:g}, bias {tokens}", "std", s,
                         objects_in_prompt=False,
                         features={"base_ratio": 0.0, "region_bias_tokens": tokens})
-              for tokens in ("words+end", "end") for s in (8.0, 4.0)]
+              for tokens, scales in (("words+end", (8.0, 4.0)), ("end", (8.0, 4.0, 12.0, 16.0)))
+              for s in scales]
     conds += [Condition("region captions only, base 0, std x8", "std", 8.0, objects_in_prompt=False,
-                        captions=True, features={"base_ratio": 0.0}),
+                        captions=True, features={**WORDS, "base_ratio": 0.0}),
               Condition("region prompts only, base 0, std x8, area cover", "std", 8.0,
-                        objects_in_prompt=False, features={"base_ratio": 0.0, "region_cover": "area"})]
+                        objects_in_prompt=False,
+                        features={**WORDS, "base_ratio": 0.0, "region_cover": "area"})]
     return conds
 
 
