@@ -14,6 +14,7 @@ import torch
 from .allocator import release_free_memory
 from .models.autoencoder import DiagonalGaussianDistribution
 from .models.latent_diffusion import LatentDiffusion
+from .models.upsample import drop_folded_kernels
 
 TILE_LATENT = 80        # largest tile in latent pixels (640 px); tiles shrink to cover evenly
 TILE_OVERLAP = 16       # overlap in latent pixels
@@ -116,6 +117,7 @@ def decode_latents(model: LatentDiffusion, latents: torch.Tensor, tiled: bool | 
     overflow to NaN). tiled: None = automatically from TILE_ABOVE_PIXELS (1024x1024 px) up.
     """
     z = latents.to(model.device, _vae_dtype(model))
+    drop_folded_kernels(model.model)  # the UNet's upsampler cache: not held through the decode
     if z.device.type == "cpu":  # the sampler's freed heap would otherwise add to the decode's peak
         release_free_memory()
     if tiled is None:

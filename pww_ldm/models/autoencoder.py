@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import attention
+from .upsample import folds, upsample_conv
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - CompVis's name
@@ -91,11 +92,15 @@ class Upsample(nn.Module):
     def __init__(self, in_channels: int, with_conv: bool) -> None:
         super().__init__()
         self.with_conv = with_conv
+        self.fold = True  # pww_ldm.models.upsample.set_folded_upsample
+        self.folded_kernels = None  # built per call: one call per decode (or tile) is cheap
         if with_conv:
             self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, h, w) -> (B, C, 2h, 2w)."""
+        if self.with_conv and self.fold and folds(self.conv):
+            return upsample_conv(x, self.conv, self.folded_kernels)
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.conv(x) if self.with_conv else x
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..conditioning import UNetContext
 from .attention import SpatialTransformer, zero_module
+from .upsample import FoldedKernels, folds, upsample_conv
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -72,11 +73,16 @@ class Upsample(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.use_conv = use_conv
+        self.fold = True  # pww_ldm.models.upsample.set_folded_upsample
+        self.folded_kernels = FoldedKernels()
         if use_conv:
             self.conv = nn.Conv2d(channels, out_channels, 3, padding=padding)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """x (B, C, h, w) -> (B, C', *size) or (B, C', 2h, 2w)."""
+        doubles = size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
+        if self.use_conv and self.fold and doubles and folds(self.conv):
+            return upsample_conv(x, self.conv, self.folded_kernels)
         if size is None:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         else:
