@@ -18,6 +18,7 @@ from bench_util import (
 )
 
 from pww_ldm.kernels import set_attention_kernel, xformers_unusable
+from pww_ldm.models.upsample import set_folded_upsample
 from pww_ldm.vae import TILE_ABOVE_PIXELS, decode_latents
 
 if TYPE_CHECKING:
@@ -51,11 +52,25 @@ def baseline_step(b: Bench, ctx: dict[str, Any]) -> None:
                                  times, gflop))
 
 
+def reference_upsample(model: torch.nn.Module, fn: Any) -> Any:
+    """`fn` run with the reference upsamplers (interpolate, then conv) instead of the folded ones."""
+    def run() -> Any:
+        set_folded_upsample(model, False)
+        try:
+            return fn()
+        finally:
+            set_folded_upsample(model, True)
+    return run
+
+
 def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
-    """Ours (PwW off), diffusers, ours (PwW on): one step each, interleaved."""
-    r = time_interleaved({"ours": ours_step_fn(ctx["unet"], ctx["inputs"]),
+    """Ours (PwW off), diffusers, ours (PwW on), ours with the reference upsamplers (PwW off):
+    one step each, interleaved."""
+    plain = ours_step_fn(ctx["unet"], ctx["inputs"])
+    r = time_interleaved({"ours": plain,
                           "diffusers": diffusers_step_fn(ctx["dunet"], ctx["inputs"]),
-                          "ours_pww": ours_step_fn(ctx["unet"], ctx["inputs"], ctx["regions"])},
+                          "ours_pww": ours_step_fn(ctx["unet"], ctx["inputs"], ctx["regions"]),
+                          "ours_ref_up": reference_upsample(ctx["unet"], plain)},
                          b.device, b.args.repeats, b.args.warmup)
     diff = max_diff(r["ours"][2], r["diffusers"][2])
     ctx["ours"] = _row(b, "unet", f"{step_case(b)}, PwW off", "pww_ldm", r["ours"])
@@ -68,6 +83,10 @@ def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
     b.ratio(f"UNet step ours PwW off / diffusers ({b.dtype_name})", ctx["ours"], ctx["diffusers"])
     b.ratio(f"PwW overhead: on / off ({b.dtype_name})", ctx["ours_pww"], ctx["ours"], 1.03)
     b.ratio("GFLOP/s ours PwW off / diffusers", ctx["ours"], ctx["diffusers"], what="gflops")
+    diff = max_diff(r["ours"][2], r["ours_ref_up"][2])
+    ref = _row(b, "unet", f"{step_case(b)}, PwW off, reference upsamplers", "pww_ldm",
+               r["ours_ref_up"], note=f"max abs diff vs folded {diff:.2e}")
+    b.ratio(f"UNet step folded / reference upsamplers, PwW off ({b.dtype_name})", ctx["ours"], ref)
 
 
 def section_kernels(b: Bench, ctx: dict[str, Any]) -> None:
@@ -176,6 +195,8 @@ def section_vae(b: Bench, ctx: dict[str, Any]) -> None:
                "diffusers": lambda z=z: dvae.decode(z / model.scale_factor).sample}
         if tiled and not b.args.no_untiled:
             fns["ours_untiled"] = lambda z=z: decode_latents(model, z, tiled=False)
+        if not tiled:
+            fns["ours_ref_up"] = reference_upsample(model, fns["ours"])
         warm = 1 if b.args.vae_repeats > 1 or px != largest else 0
         r = time_interleaved(fns, b.device, b.args.vae_repeats, warm)
         note = "" if warm else "1 run, no warm-up"
@@ -190,6 +211,10 @@ def section_vae(b: Bench, ctx: dict[str, Any]) -> None:
             untiled = _row(b, "vae", f"decode {px}x{px} (untiled)", "pww_ldm", r["ours_untiled"],
                            "fp32", note="; ".join(x for x in (note, diff) if x))
             b.ratio(f"VAE decode {px} ours untiled / diffusers", untiled, theirs)
+        if "ours_ref_up" in r:
+            ref = _row(b, "vae", f"decode {px}x{px}, reference upsamplers", "pww_ldm",
+                       r["ours_ref_up"], "fp32", note=note)
+            b.ratio(f"VAE decode {px} folded / reference upsamplers", ours, ref)
 
 
 def section_alloc(b: Bench) -> None:
