@@ -186,6 +186,13 @@ def default_conditions() -> list[Condition]:
               Condition("std x8, outside -1, self 1.0 (window 0.5)", "std", 8.0, -1.0,
                         features=strong_self),
               Condition("std x8, guidance 0.5", "std", 8.0, features={"guidance": 0.5})]
+    return conds + region_prompt_conditions()
+
+
+def region_prompt_conditions() -> list[Condition]:
+    """The objects named only by their regions' own prompts (the prompt says only the
+    background): weights, base ratios, scales, captions, area cover and the bias tokens."""
+    conds: list[Condition] = []
     conds += [Condition(f"region prompts only{'' if w == 1 else f' x{w:g}'}, std x8", "std", 8.0,
                         objects_in_prompt=False, weight=w, features=WORDS) for w in (1.0, 2.0)]
     conds += [Condition(f"region prompts only, base {b:g}, std x8", "std", 8.0,
