@@ -7,9 +7,10 @@ the empty prompt, likewise to the unconditional rows), so cross-attention runs o
 space: the scores of region r's chunk get + log(m_r) / scale, m_r the region's coverage of each
 grid cell, so after the softmax a cell attends to r's tokens in proportion to its coverage and a
 cell outside the region (m_r = 0, score -inf) attends exactly as without the chunk. Inside, the
-chunk's word tokens also get the Paint-with-Words bias f(w * m_r, sigma, QK^T) of the weight
-function. On the unconditional rows a region's negative-prompt chunk is visible inside it only;
-a region without a negative prompt has its chunk hidden everywhere (the plain unconditional).
+chunk's bias tokens (its end-of-text token by default, or its words; BIAS_TOKENS) also get the
+Paint-with-Words bias f(w * m_r, sigma, QK^T) of the weight function. On the unconditional
+rows a region's negative-prompt chunk is visible inside it only; a region without a negative
+prompt has its chunk hidden everywhere (the plain unconditional).
 base (Regional Prompter's "base ratio"): inside the regions the prompt's own columns get
 + log(1 - (1 - base) * u) / scale, u the cells' coverage by any region, so a covered cell gives
 the prompt `base` times the probability mass it would (1 = unchanged, the default; 0 = inside a
@@ -69,8 +70,9 @@ class PromptRegion:
     """One region's chunk on the token axis, counted from the end of the axis.
 
     mask: (H, W) coverage in [0, 1] at image resolution. chunk: index of its chunk among the R
-    appended ones (columns T - 77 * (R - chunk) ... + 77). words: positions of its word tokens
-    inside the chunk (1..n; BOS is 0). weight: Paint-with-Words weight of the words inside.
+    appended ones (columns T - 77 * (R - chunk) ... + 77). words: positions inside the chunk of
+    the tokens that get the bias (BOS is 0; see bias_positions). weight: their Paint-with-Words
+    weight inside.
     visible: False hides the chunk everywhere (an unconditional chunk with no negative prompt).
     """
 
