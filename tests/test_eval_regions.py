@@ -139,6 +139,14 @@ def test_first_layout_and_objects_only_in_their_regions(monkeypatch):
     (labelled, _, _), (background, regions, _) = calls[0], calls[1]
     assert all(obj.label in labelled for obj in layout.objects)
     assert background == BACKGROUNDS[layout.background][0]
-    assert [r["prompt"] for r in regions] == [f"a {obj.label}" for obj in layout.objects]
+    assert [r["prompt"] for r in regions] == [ev.object_prompt(obj.label) for obj in layout.objects]
     assert all("label" not in r and r["weight"] == 2.0 for r in regions)
     assert len(conds[1].scores) == len(conds[0].scores)  # scored through the region prompts' maps
+
+
+def test_object_prompts_use_the_captions_article():
+    from pww_ldm.train.eval_regions import object_prompt
+
+    assert object_prompt("orange ring") == "an orange ring"  # the training captions' "an orange"
+    assert object_prompt("red star") == "a red star"
+    assert object_prompt("orange star", "white") == "an orange star on a white background"

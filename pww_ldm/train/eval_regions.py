@@ -33,7 +33,16 @@ from ..pipeline import paint_with_words
 from ..region.adherence import adherence
 from ..region.features import FeatureOptions
 from .eval_metrics import duplicates
-from .shapes import BACKGROUNDS, COLORS, FAMILIES, Layout, caption, render_layout, sample_family
+from .shapes import (
+    BACKGROUNDS,
+    COLORS,
+    FAMILIES,
+    Layout,
+    caption,
+    render_layout,
+    sample_family,
+    with_article,
+)
 
 PALETTE = np.array(list(COLORS.values()) + [c for _, top, bottom in BACKGROUNDS.values()
                                             for c in (top, bottom)], np.float32)
@@ -89,9 +98,12 @@ def background_regions(layout: Layout, masks: list[np.ndarray]) -> list[tuple[st
 
 
 def object_prompt(label: str, background: str | None = None) -> str:
-    """An object's own region prompt: "a red circle", or with a background key the one-object
-    training caption "a red circle on a white background"; its attention map is "prompt: " + this."""
-    return f"a {label}" if background is None else f"a {label} {BACKGROUNDS[background][0]}"
+    """An object's own region prompt: "a red circle" ("an orange circle", the captions' article),
+    or with a background key the one-object training caption "a red circle on a white
+    background"; its attention map is "prompt: " + this. (Runs before 2026-12-02 wrote "a" before
+    every label, "a orange circle" included.)"""
+    named = with_article(label)
+    return named if background is None else f"{named} {BACKGROUNDS[background][0]}"
 
 
 def color_map(layout: Layout, size: int, outside: float = 0.0, background: float = 0.0,

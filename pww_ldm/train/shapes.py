@@ -239,7 +239,8 @@ def sample_family(rng: np.random.Generator, family: str, size: int = 128,
     return Layout(objects, str(rng.choice(list(BACKGROUNDS))), float(rng.uniform(0.45, 0.75)))
 
 
-def _article(label: str) -> str:
+def with_article(label: str) -> str:
+    """"an orange circle", "a red star": the label with the article the captions use."""
     return ("an " if label[0] in "aeiou" else "a ") + label
 
 
@@ -251,7 +252,7 @@ def caption(layout: Layout, rng: np.random.Generator | None = None) -> str:
     order = list(range(len(layout.objects)))
     if rng is not None:
         rng.shuffle(order)
-    names = [_article(layout.objects[i].label) for i in order]
+    names = [with_article(layout.objects[i].label) for i in order]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return f"{listed} {BACKGROUNDS[layout.background][0]}"
 
