@@ -6,6 +6,7 @@ compares the batch's images with the library functions the scripts call (pww_ldm
 pww_ldm.hires.hires_fix) on the same checkpoint.
 """
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -351,3 +352,15 @@ def test_approximation_fields_reach_the_library_and_the_hash(work, ckpt, capsys)
     hashes = {r["id"]: r["hash"] for r in read_records(outdir / "manifest.jsonl")}
     # a branch without caching changes nothing, so it does not change the hash either
     assert hashes["branch"] == hashes["exact"] and len({hashes[k] for k in ("exact", "tome", "cached")}) == 3
+
+
+def test_job_field_defaults_are_the_region_modules_defaults():
+    """batch/fields.py and jobs.py spell the region defaults out (no torch import at validation):
+    they must stay the library's."""
+    from pww_ldm.batch.fields import FIELDS
+    from pww_ldm.batch.jobs import Job
+    from pww_ldm.region.region_prompts import DEFAULT_BIAS_TOKENS, DEFAULT_COVER
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Job)}
+    for name, value in (("region_cover", DEFAULT_COVER), ("region_bias_tokens", DEFAULT_BIAS_TOKENS)):
+        assert FIELDS[name][1] == value and defaults[name] == value

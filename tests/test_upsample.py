@@ -85,3 +85,4 @@ def test_channels_last_and_gradients_keep_the_reference_behaviour():
     expected = x.clone().requires_grad_(True)
     reference(expected, up.conv).square().sum().backward()
     assert torch.equal(leaf.grad, expected.grad)
+

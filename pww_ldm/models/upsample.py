@@ -84,6 +84,16 @@ def drop_folded_kernels(model: nn.Module) -> None:
             kernels.clear()
 
 
+def _compiling() -> bool:
+    """Whether dynamo is tracing (torch.compiler.is_compiling is torch >= 2.3; we support 2.1)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:
+        from torch import _dynamo
+
+        check = _dynamo.is_compiling
+    return bool(check())
+
+
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | None = None
                   ) -> torch.Tensor:
     """conv(nearest 2x of x): x (B, I, h, w) -> (B, O, 2h, 2w), in x's memory format.
@@ -94,12 +104,11 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
     reference's graph."""
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-    compiling = torch.compiler.is_compiling()
-    weight, bias = _fold(conv) if kernels is None or compiling else kernels.get(conv)
+    weight, bias = _fold(conv) if kernels is None or _compiling() else kernels.get(conv)
     n, _, h, w = x.shape
     out_ch = conv.out_channels
-    phased = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight.to(x.dtype),
-                      None if bias is None else bias.to(x.dtype))  # (B, 4O, h+1, w+1)
+    # dtypes as the reference conv's: equal, or autocast casts them inside conv2d
+    phased = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, bias)  # (B, 4O, h+1, w+1)
     phased = phased.view(n, 2, 2, out_ch, h + 1, w + 1)
     out = phased.new_empty(n, out_ch, h, 2, w, 2)
     for a in (0, 1):
