@@ -18,6 +18,7 @@ from bench_util import (
 )
 
 from pww_ldm.kernels import set_attention_kernel, xformers_unusable
+from pww_ldm.models.linear import resolve_backend, set_linear_backend
 from pww_ldm.models.upsample import set_folded_upsample
 from pww_ldm.vae import TILE_ABOVE_PIXELS, decode_latents
 
@@ -63,14 +64,27 @@ def reference_upsample(model: torch.nn.Module, fn: Any) -> Any:
     return run
 
 
+def blas_linears(model: torch.nn.Module, fn: Any) -> Any:
+    """`fn` run with every Linear on the BLAS library (`nn.Linear`'s GEMM) instead of the
+    backend `pww_ldm.models.linear` picked for this CPU."""
+    def run() -> Any:
+        set_linear_backend(model, "aten")
+        try:
+            return fn()
+        finally:
+            set_linear_backend(model, "auto")
+    return run
+
+
 def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
-    """Ours (PwW off), diffusers, ours (PwW on), ours with the reference upsamplers (PwW off):
-    one step each, interleaved."""
+    """Ours (PwW off), diffusers, ours (PwW on), ours with the reference upsamplers and ours with
+    BLAS linears (PwW off): one step each, interleaved."""
     plain = ours_step_fn(ctx["unet"], ctx["inputs"])
     r = time_interleaved({"ours": plain,
                           "diffusers": diffusers_step_fn(ctx["dunet"], ctx["inputs"]),
                           "ours_pww": ours_step_fn(ctx["unet"], ctx["inputs"], ctx["regions"]),
-                          "ours_ref_up": reference_upsample(ctx["unet"], plain)},
+                          "ours_ref_up": reference_upsample(ctx["unet"], plain),
+                          "ours_blas": blas_linears(ctx["unet"], plain)},
                          b.device, b.args.repeats, b.args.warmup)
     diff = max_diff(r["ours"][2], r["diffusers"][2])
     ctx["ours"] = _row(b, "unet", f"{step_case(b)}, PwW off", "pww_ldm", r["ours"])
@@ -87,6 +101,11 @@ def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
     ref = _row(b, "unet", f"{step_case(b)}, PwW off, reference upsamplers", "pww_ldm",
                r["ours_ref_up"], note=f"max abs diff vs folded {diff:.2e}")
     b.ratio(f"UNet step folded / reference upsamplers, PwW off ({b.dtype_name})", ctx["ours"], ref)
+    diff = max_diff(r["ours"][2], r["ours_blas"][2])
+    blas = _row(b, "unet", f"{step_case(b)}, PwW off, BLAS linears", "pww_ldm", r["ours_blas"],
+                note=f"max abs diff vs {resolve_backend('auto')} linears {diff:.2e}")
+    b.ratio(f"UNet step {resolve_backend('auto')} / BLAS linears, PwW off ({b.dtype_name})",
+            ctx["ours"], blas)
 
 
 def section_kernels(b: Bench, ctx: dict[str, Any]) -> None:

@@ -65,9 +65,21 @@ def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _onednn_linear_flop(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
+                        **kwargs: Any) -> int:
+    # nor for oneDNN's dense linear (pww_ldm.models.linear): 2 * rows * in * out.
+    rows = 1
+    for size in input_shape[:-1]:
+        rows *= size
+    return 2 * rows * weight_shape[0] * weight_shape[1]
+
+
 def flop_counter() -> FlopCounterMode:
-    """A silent FlopCounterMode that also counts CPU sdpa (matmul, conv and attention FLOPs)."""
+    """A silent FlopCounterMode that also counts CPU sdpa and oneDNN linears (matmul, conv and
+    attention FLOPs)."""
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flop
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 

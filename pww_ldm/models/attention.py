@@ -14,6 +14,7 @@ from torch import nn
 
 from ..conditioning import UNetContext
 from .cross_attention import CrossAttention
+from .linear import Linear
 from .token_merge import Merge, bipartite_soft_matching_2d, draw_destinations
 
 
@@ -29,7 +30,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim_in) -> (..., dim_out)."""
@@ -44,10 +45,10 @@ class FeedForward(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         inner_dim = int(dim * mult)
-        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim),
+        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(Linear(dim, inner_dim),
                                                                      nn.GELU())
         self.net = nn.Sequential(project_in, nn.Dropout(dropout),
-                                 nn.Linear(inner_dim, dim if dim_out is None else dim_out))
+                                 Linear(inner_dim, dim if dim_out is None else dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) -> (..., dim_out)."""
@@ -115,7 +116,7 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6, affine=True)
         if use_linear:
-            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_in = Linear(in_channels, inner_dim)
         else:
             self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
@@ -123,7 +124,7 @@ class SpatialTransformer(nn.Module):
                                   context_dim=context_dim)
             for _ in range(depth)
         )
-        proj_out = (nn.Linear(inner_dim, in_channels) if use_linear
+        proj_out = (Linear(inner_dim, in_channels) if use_linear
                     else nn.Conv2d(inner_dim, in_channels, kernel_size=1))
         self.proj_out = zero_module(proj_out)
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..conditioning import AttentionCall, AttentionPlugin, UNetContext, plugin_span, text_embeddings
 from ..kernels import attention
+from .linear import Linear
 
 
 class CrossAttention(nn.Module):
@@ -30,10 +31,10 @@ class CrossAttention(nn.Module):
         context_dim = query_dim if context_dim is None else context_dim
         self.scale = dim_head ** -0.5
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.to_q = Linear(query_dim, inner_dim, bias=False)
+        self.to_k = Linear(context_dim, inner_dim, bias=False)
+        self.to_v = Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(Linear(inner_dim, query_dim), nn.Dropout(dropout))
         self.attention_kernel = "sdpa"
 
     def project(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..conditioning import UNetContext
 from .attention import SpatialTransformer, zero_module
+from .linear import Linear
 from .upsample import FoldedKernels, folds, upsample_conv
 
 
@@ -106,7 +107,7 @@ class ResBlock(nn.Module):
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
-            nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
+            Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
         )
         self.out_layers = nn.Sequential(
             normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
@@ -180,8 +181,8 @@ class UNetModel(nn.Module):
         self.model_channels = model_channels
         self.out_channels = out_channels
         time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
-                                        nn.Linear(time_embed_dim, time_embed_dim))
+        self.time_embed = nn.Sequential(Linear(model_channels, time_embed_dim), nn.SiLU(),
+                                        Linear(time_embed_dim, time_embed_dim))
 
         def transformer(ch: int) -> SpatialTransformer:
             if num_head_channels == -1:
