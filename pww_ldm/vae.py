@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from .allocator import release_free_memory
 from .models.autoencoder import DiagonalGaussianDistribution
 from .models.latent_diffusion import LatentDiffusion
 from .models.upsample import drop_folded_kernels
@@ -118,8 +117,6 @@ def decode_latents(model: LatentDiffusion, latents: torch.Tensor, tiled: bool | 
     """
     z = latents.to(model.device, _vae_dtype(model))
     drop_folded_kernels(model.model)  # the UNet's upsampler cache: not held through the decode
-    if z.device.type == "cpu":  # the sampler's freed heap would otherwise add to the decode's peak
-        release_free_memory()
     if tiled is None:
         f = model.first_stage_model.downsample_factor
         tiled = z.shape[-2] * f * z.shape[-1] * f >= TILE_ABOVE_PIXELS
