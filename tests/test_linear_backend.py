@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from tiny import tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pww_ldm import gemm as linear_module
 from pww_ldm.conditioning import UNetContext
-from pww_ldm.models import linear as linear_module
-from pww_ldm.models.linear import Linear, onednn_available, resolve_backend, set_linear_backend
+from pww_ldm.gemm import onednn_available, resolve_backend
+from pww_ldm.models.linear import Linear, set_linear_backend
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build lacks oneDNN")
 

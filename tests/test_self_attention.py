@@ -150,8 +150,26 @@ def test_layer_fused_modulation_equals_the_paper_formula(grid, monkeypatch):
 def test_row_extremes_in_blocks(monkeypatch):
     import pww_ldm.region.self_attention as sa
 
+    monkeypatch.setattr(sa, "resolve_backend", lambda name: "aten")  # the batched-matmul path
     monkeypatch.setattr(sa, "BLOCK_ELEMENTS", 2 * 3 * 50 * 7)  # 7 rows a block: 3 blocks for 20
     q, k = torch.randn(2, 3, 20, 5), torch.randn(2, 3, 50, 5)
     high, low = sa.row_extremes(q, k)
     scores = q @ k.transpose(-1, -2)
     assert torch.equal(high[..., 0], scores.amax(-1)) and torch.equal(low[..., 0], scores.amin(-1))
+
+
+@pytest.mark.parametrize("backend", ["onednn", "aten"])
+def test_row_extremes_on_either_gemm_library_equal_the_full_scores(monkeypatch, backend):
+    import pww_ldm.gemm as gemm
+    import pww_ldm.region.self_attention as sa
+
+    if backend == "onednn" and not gemm.onednn_available():
+        pytest.skip("this torch build lacks oneDNN")
+    monkeypatch.setattr(sa, "resolve_backend", lambda name: backend)
+    monkeypatch.setattr(sa, "BLOCK_ELEMENTS", 50 * 7)  # oneDNN path: 7 rows a block per head
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 20, 5, generator=g), torch.randn(2, 3, 50, 5, generator=g)
+    high, low = sa.row_extremes(q, k)
+    scores = q.double() @ k.double().transpose(-1, -2)  # float64: independent of either library
+    torch.testing.assert_close(high[..., 0].double(), scores.amax(-1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(low[..., 0].double(), scores.amin(-1), rtol=0, atol=1e-5)

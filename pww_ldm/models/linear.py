@@ -18,48 +18,13 @@ torch.compile (inductor chooses its own kernels); every other case is `F.linear`
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("auto", "onednn", "aten")
+from ..gemm import BACKENDS, compiling, resolve_backend
 
-
-@functools.lru_cache(maxsize=1)
-def onednn_available() -> bool:
-    """Whether this torch build has oneDNN and its dense linear op."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """The first `vendor_id` of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD", ...), "" if unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def resolve_backend(backend: str) -> str:
-    """"onednn" or "aten" for a name of BACKENDS on this machine; ValueError for other names."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown linear backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "aten" if cpu_vendor() == "GenuineIntel" else "onednn"
-    return backend if backend == "aten" or onednn_available() else "aten"
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()
+__all__ = ["BACKENDS", "Linear", "resolve_backend", "set_linear_backend"]
 
 
 class Linear(nn.Linear):
@@ -75,7 +40,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and not _needs_grad(x, self.weight)
-                and not _compiling()):
+                and not compiling()):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

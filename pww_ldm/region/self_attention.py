@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..gemm import compiling, onednn_matmul_t, resolve_backend
 from .errors import RegionError
 from .timing import StepClock, sigma_to_t
 
@@ -68,10 +69,22 @@ BLOCK_ELEMENTS = 2**21
 
 def row_extremes(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row max and min of q k^T without holding it: q (n, H, N, d), k (n, H, M, d) -> two
-    (n, H, N, 1) tensors in q's dtype."""
+    (n, H, N, 1) tensors in q's dtype. CPU fp32 takes oneDNN per head where `pww_ldm.gemm`
+    picks it (MKL's batched sgemm is its slow path there), else one batched matmul a block."""
     n, heads, rows, _ = q.shape
-    block = max(1, BLOCK_ELEMENTS // (n * heads * k.shape[-2]))
     high, low = q.new_empty(n, heads, rows, 1), q.new_empty(n, heads, rows, 1)
+    if (q.device.type == "cpu" and q.dtype == k.dtype == torch.float32 and not compiling()
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+            and resolve_backend("auto") == "onednn"):
+        block = max(1, BLOCK_ELEMENTS // k.shape[-2])
+        for b in range(n):
+            for h in range(heads):
+                for i in range(0, rows, block):
+                    scores = onednn_matmul_t(q[b, h, i:i + block], k[b, h])
+                    high[b, h, i:i + block] = scores.amax(dim=-1, keepdim=True)
+                    low[b, h, i:i + block] = scores.amin(dim=-1, keepdim=True)
+        return high, low
+    block = max(1, BLOCK_ELEMENTS // (n * heads * k.shape[-2]))
     keys = k.transpose(-1, -2)
     for i in range(0, rows, block):
         scores = torch.matmul(q[:, :, i:i + block], keys)
