@@ -17,6 +17,7 @@ import torch
 from bench_models import ours_step_fn
 from bench_util import flop_counter
 
+from pww_ldm.gemm import onednn_available, onednn_matmul_t
 from pww_ldm.vae import decode_latents
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def op_class(name: str) -> str:
 def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of an n x n x n GEMM in `dtype` on the CPU (2 n^3 FLOPs a call): the faster
     of torch.mm (MKL in fp32) and oneDNN's linear, since on AMD processors MKL's fp32 path runs
-    at about half of oneDNN's (pww_ldm.models.linear).
+    at about half of oneDNN's (pww_ldm.gemm).
 
     The best of `repeats` rather than the median: a peak is what the machine can do, and other
     work on a shared machine only ever makes a run slower.
@@ -56,8 +57,8 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     gemms = [lambda: torch.mm(a, b)]
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
-        gemms.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    if onednn_available():
+        gemms.append(lambda: onednn_matmul_t(a, b))
     best = float("inf")
     for gemm in gemms:
         gemm()  # warm-up: thread pool, oneDNN/MKL kernel selection

@@ -17,8 +17,9 @@ from bench_util import (
     time_interleaved,
 )
 
+from pww_ldm.gemm import resolve_backend
 from pww_ldm.kernels import set_attention_kernel, xformers_unusable
-from pww_ldm.models.linear import resolve_backend, set_linear_backend
+from pww_ldm.models.linear import set_linear_backend
 from pww_ldm.models.upsample import set_folded_upsample
 from pww_ldm.vae import TILE_ABOVE_PIXELS, decode_latents
 

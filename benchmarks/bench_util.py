@@ -67,7 +67,7 @@ def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
 
 def _onednn_linear_flop(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
                         **kwargs: Any) -> int:
-    # nor for oneDNN's dense linear (pww_ldm.models.linear): 2 * rows * in * out.
+    # nor for oneDNN's dense linear (pww_ldm.gemm.onednn_matmul_t): 2 * rows * in * out.
     rows = 1
     for size in input_shape[:-1]:
         rows *= size

@@ -45,13 +45,25 @@ def resolve_backend(backend: str) -> str:
 
 
 def compiling() -> bool:
-    """Whether torch.compile is tracing this call (inductor then picks its own kernels)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()
+    """Whether dynamo is tracing (torch.compiler.is_compiling is torch >= 2.3; we support 2.1):
+    library-specific kernels step aside then, inductor picks its own."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:
+        from torch import _dynamo
+
+        check = _dynamo.is_compiling
+    return bool(check())
 
 
-def onednn_matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (..., K) @ b (N, K)^T -> (..., N) in oneDNN (no autograd: inference only)."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+def onednn_applies(*tensors: torch.Tensor) -> bool:
+    """Whether oneDNN's dense op may take these operands: CPU, float32, no autograd (it has no
+    backward), not under torch.compile. Which library is faster is `resolve_backend`'s call."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not grad and not compiling())
+
+
+def onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """a (..., K) @ b (N, K)^T + bias (N,) -> (..., N) in oneDNN (inference only)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")

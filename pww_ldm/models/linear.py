@@ -1,19 +1,14 @@
 """Linear layers whose CPU fp32 GEMM can run in oneDNN instead of the BLAS library.
 
-torch's CPU builds send fp32 `F.linear` to MKL's sgemm, which on AMD processors takes a slower
-code path than on Intel's: on a 2-core AMD EPYC with AVX-512, sgemm ran SD's linear shapes at
-120-170 GFLOP/s while oneDNN's matmul (the library torch already uses for convolutions) ran the
-same shapes at 220-370 (`benchmarks/bench.py --only linear`). `Linear` is an `nn.Linear` (same
-parameters, state-dict keys and LoRA handling) whose forward takes oneDNN where that is the
-faster library; the result is the same product in fp32 with another summation order (relative
-differences ~1e-6, like any two GEMM libraries).
+`Linear` is an `nn.Linear` (same parameters, state-dict keys and LoRA handling) whose forward
+takes oneDNN where `pww_ldm.gemm` finds it the faster library (why: see there); the result is
+the same product in fp32 with another summation order (relative differences ~1e-6, like any two
+GEMM libraries; 4.2e-6 max abs on a full UNet step, `benchmarks/bench.py --only unet`, row
+"BLAS linears").
 
-Backends, set per module by `set_linear_backend` (no global switch decides it):
-- "auto" (the default): oneDNN on CPUs whose vendor is not Intel (MKL's fast path is Intel's),
-  else the BLAS library, i.e. what `nn.Linear` does;
-- "onednn" / "aten": force one or the other.
-oneDNN is used only for CPU fp32 inputs without autograd (its op has no backward) and outside
-torch.compile (inductor chooses its own kernels); every other case is `F.linear`.
+Backends, set per module by `set_linear_backend` (no global switch decides it): "auto" (the
+default: oneDNN on CPUs whose vendor is not Intel, else what `nn.Linear` does), "onednn",
+"aten". oneDNN is used only where `pww_ldm.gemm.onednn_applies`; every other case is `F.linear`.
 """
 
 from __future__ import annotations
@@ -22,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..gemm import BACKENDS, compiling, resolve_backend
-
-__all__ = ["BACKENDS", "Linear", "resolve_backend", "set_linear_backend"]
+from ..gemm import onednn_applies, onednn_matmul_t, resolve_backend
 
 
 class Linear(nn.Linear):
@@ -38,15 +31,9 @@ class Linear(nn.Linear):
         self.onednn = resolve_backend("auto") == "onednn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not _needs_grad(x, self.weight)
-                and not compiling()):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        if self.onednn and onednn_applies(x, self.weight):
+            return onednn_matmul_t(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
-
-
-def _needs_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
 def set_linear_backend(model: nn.Module, backend: str) -> int:

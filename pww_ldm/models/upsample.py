@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..gemm import compiling
+
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     """(O, I, 3, 3) -> (4 * O, I, 2, 2): the kernels of phases (0, 0), (0, 1), (1, 0), (1, 1)."""
@@ -84,16 +86,6 @@ def drop_folded_kernels(model: nn.Module) -> None:
             kernels.clear()
 
 
-def _compiling() -> bool:
-    """Whether dynamo is tracing (torch.compiler.is_compiling is torch >= 2.3; we support 2.1)."""
-    check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:
-        from torch import _dynamo
-
-        check = _dynamo.is_compiling
-    return bool(check())
-
-
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | None = None
                   ) -> torch.Tensor:
     """conv(nearest 2x of x): x (B, I, h, w) -> (B, O, 2h, 2w), in x's memory format.
@@ -104,7 +96,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
     reference's graph."""
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-    weight, bias = _fold(conv) if kernels is None or _compiling() else kernels.get(conv)
+    weight, bias = _fold(conv) if kernels is None or compiling() else kernels.get(conv)
     n, _, h, w = x.shape
     out_ch = conv.out_channels
     # dtypes as the reference conv's: equal, or autocast casts them inside conv2d

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..gemm import compiling, onednn_matmul_t, resolve_backend
+from ..gemm import onednn_applies, onednn_matmul_t, resolve_backend
 from .errors import RegionError
 from .timing import StepClock, sigma_to_t
 
@@ -73,9 +73,7 @@ def row_extremes(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.
     picks it (MKL's batched sgemm is its slow path there), else one batched matmul a block."""
     n, heads, rows, _ = q.shape
     high, low = q.new_empty(n, heads, rows, 1), q.new_empty(n, heads, rows, 1)
-    if (q.device.type == "cpu" and q.dtype == k.dtype == torch.float32 and not compiling()
-            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
-            and resolve_backend("auto") == "onednn"):
+    if resolve_backend("auto") == "onednn" and onednn_applies(q, k):
         block = max(1, BLOCK_ELEMENTS // k.shape[-2])
         for b in range(n):
             for h in range(heads):
