@@ -77,8 +77,10 @@ def row_extremes(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.
         block = max(1, BLOCK_ELEMENTS // k.shape[-2])
         for b in range(n):
             for h in range(heads):
+                # one copy of the head's keys, not one per block (onednn_matmul_t copies strided ones)
+                keys, queries = k[b, h].contiguous(), q[b, h].contiguous()
                 for i in range(0, rows, block):
-                    scores = onednn_matmul_t(q[b, h, i:i + block], k[b, h])
+                    scores = onednn_matmul_t(queries[i:i + block], keys)
                     high[b, h, i:i + block] = scores.amax(dim=-1, keepdim=True)
                     low[b, h, i:i + block] = scores.amin(dim=-1, keepdim=True)
         return high, low
