@@ -4,7 +4,10 @@ glibc returns large freed blocks to the OS (mmap/trim) and then page-faults them
 next step: measured here, a full-size UNet step took 7.1 s instead of 6.2 s and small-model
 training 6-36x longer. Calling mallopt at start-up has the effect of
 MALLOC_MMAP_MAX_=0 MALLOC_MMAP_THRESHOLD_=32MiB MALLOC_TRIM_THRESHOLD_=2GiB MALLOC_TOP_PAD_=1GB
-without the user setting anything. Values the user did set in the environment win.
+without the user setting anything. Values the user did set in the environment win, and
+PWW_LDM_MALLOC=default skips the tuning altogether (glibc's own behaviour: freed large blocks go
+back to the OS, so resident memory peaks lower, and every large buffer is faulted in afresh, so
+steps and decodes run slower; README "Peak memory" has both measured).
 
 MALLOC_MMAP_MAX_=0: no block gets a mapping of its own, every tensor comes from the heap, and a
 freed one is reused by the next allocation instead of being unmapped and faulted in afresh.
@@ -22,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import warnings
 
 # mallopt parameter numbers from glibc's malloc.h
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
@@ -35,11 +39,17 @@ _tuned = False
 
 
 def tune_malloc() -> bool:
-    """Apply the settings once per process; True when glibc accepted them (False elsewhere)."""
+    """Apply the settings once per process; True when glibc accepted them (False elsewhere, or
+    when PWW_LDM_MALLOC=default asks for glibc's own settings)."""
     global _tuned
     if _tuned:
         return True
-    if not sys.platform.startswith("linux"):
+    choice = os.environ.get("PWW_LDM_MALLOC", "tuned")
+    if choice not in ("tuned", "default"):  # a warning: every entry point calls this first
+        warnings.warn(f"PWW_LDM_MALLOC={choice!r} is neither 'tuned' nor 'default'; tuning malloc "
+                      "as without it (set PWW_LDM_MALLOC=default for glibc's own settings)",
+                      stacklevel=2)
+    if choice == "default" or not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
     if name is None:

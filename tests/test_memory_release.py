@@ -31,8 +31,9 @@ print(json.dumps({"tuned": tuned, "faults": resource.getrusage(resource.RUSAGE_S
 """
 
 
-def faults(mode: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+def faults(mode: str, **extra_env: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "PWW_LDM_MALLOC"))}
+    env.update(extra_env)
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                          env=env, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -46,3 +47,20 @@ def test_tuned_malloc_reuses_a_freed_large_tensor_without_page_faults():
     # faults even with transparent huge pages); the tuned heap hands the same pages back
     assert untuned["faults"] > 1000
     assert tuned["faults"] < 200
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_pww_ldm_malloc_default_leaves_glibc_alone():
+    plain = faults("tuned", PWW_LDM_MALLOC="default")
+    assert plain["tuned"] is False
+    assert plain["faults"] > 1000  # freed blocks unmapped and faulted in afresh, as untuned
+
+
+def test_pww_ldm_malloc_warns_on_other_values(monkeypatch):
+    import pww_ldm.allocator as allocator
+
+    monkeypatch.setattr(allocator, "_tuned", False)
+    monkeypatch.setattr(allocator.sys, "platform", "none")  # stop before mallopt: no tuning here
+    monkeypatch.setenv("PWW_LDM_MALLOC", "off")
+    with pytest.warns(UserWarning, match="PWW_LDM_MALLOC='off' is neither 'tuned' nor 'default'"):
+        assert allocator.tune_malloc() is False
