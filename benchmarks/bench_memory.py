@@ -52,7 +52,9 @@ def markdown(results: dict[str, dict[str, Any]], sizes: list[int], steps: int,
     lines = [f"| size ({steps} step + decode), malloc | pww_ldm peak RSS | diffusers peak RSS | ratio |"
              " pww_ldm above start | diffusers above start | phase peaks text / UNet / decode, "
              "ours vs diffusers (MiB) |", "|---|---:|---:|---:|---:|---:|---|"]
-    pairs = [(m, m) for m in mallocs] + [("tuned", "default")] * (len(mallocs) == 2)
+    pairs = [(m, m) for m in mallocs]
+    if len(mallocs) == 2:
+        pairs.append(("tuned", "default"))
     for size in sizes:
         for mine, other in pairs:
             ours, theirs = results.get(f"ours_{mine}_{size}"), results.get(f"diffusers_{other}_{size}")
