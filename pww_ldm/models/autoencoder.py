@@ -15,6 +15,7 @@ from torch import nn
 
 from ..kernels import attention
 from .upsample import folds, upsample_conv
+from .winograd import Conv3x3
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - CompVis's name
@@ -30,10 +31,10 @@ class ResnetBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or in_channels
         self.norm1 = Normalize(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv3x3(in_channels, out_channels, 3, padding=1)
         self.norm2 = Normalize(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv3x3(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 

@@ -18,6 +18,7 @@ from ..conditioning import UNetContext
 from .attention import SpatialTransformer, zero_module
 from .linear import Linear
 from .upsample import FoldedKernels, folds, upsample_conv
+from .winograd import Conv3x3
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -104,14 +105,14 @@ class ResBlock(nn.Module):
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+                                       Conv3x3(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
             Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
         )
         self.out_layers = nn.Sequential(
             normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            zero_module(Conv3x3(out_channels, out_channels, 3, padding=1)),
         )
         if out_channels == channels:
             self.skip_connection = nn.Identity()

@@ -1,0 +1,194 @@
+"""3x3 convolutions by Winograd's minimal filtering: fewer multiplications for the same result.
+
+F(m x m, 3 x 3) computes an m x m output tile from an (m + 2) x (m + 2) input tile with
+(m + 2)^2 multiplications per channel pair instead of 9 m^2: 2.25x fewer for m = 2, 4x for m = 4.
+Each tile d is transformed (B^T d B), the 3x3 kernel g too (G g G^T), the two are multiplied
+position by position and summed over input channels (one GEMM per tile position: (tiles, I) @
+(I, O)), and the sum is transformed back (A^T M A). The transforms here are Kronecker products,
+so each is one small GEMM over all tiles and channels.
+
+Why: the UNet's ResBlock convolutions are ~40 % of a CFG step and already run in oneDNN near the
+CPU's fp32 GEMM rate on both diffusers' side and ours; only fewer FLOPs make them faster. The
+result equals the direct convolution up to float rounding: the transforms are exact in float64
+and rounded to fp32 once; F(4, 3) uses the points (0, 1, -1, 2, -1/2, inf), whose transforms
+have smaller entries than the usual (0, +-1, +-2) (max abs error on one 320-channel conv of
+unit-scale data: 1.6e-6 direct, 3.8e-6 F(2, 3), 2.9e-5 F(4, 3) with these points, 9.0e-5 with
++-2). The kernel's transform is recomputed at every call (never cached: for a 1280-channel conv
+it holds 16x the kernel's 9 taps, 105 MB, and a LoRA merged in place must be seen), so
+Winograd is used only where the batch of tiles is large enough to repay it (`tile_size`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..gemm import compiling
+
+# Interpolation points of F(m, 3) (plus the point at infinity); see the module docstring.
+POINTS = {2: (0.0, 1.0, -1.0), 4: (0.0, 1.0, -1.0, 2.0, -0.5)}
+
+
+def _cook_toom(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 1-D transforms of F(m, 3) in float64: B^T (a, a), G (a, 3), A^T (m, a), a = m + 2.
+
+    A^T and G follow from the points (Lagrange interpolation, Cook-Toom); B^T is the unique
+    solution of the bilinear identity A^T ((G g) * (B^T d)) = correlate(d, g)."""
+    points, a = POINTS[m], m + 2
+    p = torch.tensor(points, dtype=torch.float64)
+    at = torch.zeros(m, a, dtype=torch.float64)
+    at[:, : a - 1] = p[None, :] ** torch.arange(m, dtype=torch.float64)[:, None]
+    at[m - 1, a - 1] = 1.0
+    g = torch.zeros(a, 3, dtype=torch.float64)
+    for j, pj in enumerate(points):
+        denominator = math.prod(pj - pl for pl in points if pl != pj)
+        g[j] = p[j] ** torch.arange(3, dtype=torch.float64) / denominator
+    g[a - 1, 2] = 1.0
+    # Y_i = sum_j A^T[i, j] G[j, k] B^T[j, l] d_l must equal d_{i + k}: linear in B^T.
+    coefficients = torch.einsum("ij,jk,jJ,lL->iklJL", at, g, torch.eye(a, dtype=torch.float64),
+                                torch.eye(a, dtype=torch.float64)).reshape(m * 3 * a, a * a)
+    target = torch.zeros(m, 3, a, dtype=torch.float64)
+    for i in range(m):
+        for k in range(3):
+            target[i, k, i + k] = 1.0
+    bt = torch.linalg.lstsq(coefficients, target.reshape(-1, 1)).solution.view(a, a)
+    return bt, g, at
+
+
+@functools.lru_cache(maxsize=8)
+def transforms(m: int, dtype: torch.dtype, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2-D transforms as Kronecker products, in `dtype` on `device`:
+    input (a^2, a^2), kernel (a^2, 9), output (m^2, a^2)."""
+    bt, g, at = _cook_toom(m)
+    return tuple(torch.kron(t, t).to(dtype=dtype, device=device) for t in (bt, g, at))
+
+
+# Fewer channels than this on either side: direct (the GEMMs get too thin to repay the
+# transforms; 128 -> 128 at 512 px, the smallest measured, is 0.80x direct).
+MIN_CHANNELS = 128
+
+
+def tile_size(x: torch.Tensor, out_channels: int) -> int:
+    """The output tile m for x (N, I, H, W) convolved to out_channels: 4, 2, or 0 (direct).
+
+    The GEMM saving grows with the number of output pixels N*H*W, the kernel transform's cost
+    does not (it scales with I*O like the GEMM), so beyond the channel floor the choice depends
+    on N*H*W only. Thresholds measured on SD's UNet and VAE shapes
+    (`benchmarks/bench_winograd.py`: at 16x16 with CFG batch 2 F(2, 3) is 0.65x direct and
+    F(4, 3) 0.72x, at 8x8 both lose)."""
+    n, c, h, w = x.shape
+    if min(c, out_channels) < MIN_CHANNELS:
+        return 0
+    pixels = n * h * w
+    if pixels >= 2048 and min(h, w) >= 16:
+        return 4
+    if pixels >= 512 and min(h, w) >= 8:
+        return 2
+    return 0
+
+
+# Chunks of tile rows: each chunk's GEMMs read the whole transformed kernel (a^2 * I * O floats,
+# 38 MB for a 512-channel F(4, 3)) again, so a chunk's tiles should weigh at least as much; and
+# at least CHUNK_BYTES of them, or the GEMMs get too small. Smaller chunks than the whole image
+# keep a large decoder convolution's temporaries in cache (a 256 -> 128-channel conv at 512 px:
+# 0.80x direct in 7 MB chunks, 1.18x unchunked) and bound its extra memory.
+CHUNK_BYTES = 8 * 2**20
+
+
+def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     m: int) -> torch.Tensor:
+    """conv2d(x, weight, bias, padding=1) by F(m x m, 3 x 3): x (N, I, H, W), weight (O, I, 3, 3),
+    bias (O,) or None -> (N, O, H, W), contiguous (NCHW). Runs in chunks of tile rows (see
+    CHUNK_BYTES)."""
+    n, c, h, w = x.shape
+    out_ch, a = weight.shape[0], m + 2
+    tiles_h, tiles_w = -(-h // m), -(-w // m)
+    input_t, kernel_t, output_t = transforms(m, x.dtype, x.device)
+    # Layouts chosen so that every GEMM reads both operands untransposed (10-15 % faster than
+    # an NHWC gather with a transposed kernel operand, measured on the UNet's shapes): kernels
+    # (a^2, O, I), transformed tiles (a^2, I, tiles), products (a^2, O, tiles).
+    kernels = (kernel_t @ weight.reshape(out_ch * c, 9).t()).view(a * a, out_ch, c)
+    # One zero pixel of padding, more at the bottom/right to fill the last tile.
+    padded = F.pad(x, (1, tiles_w * m + 1 - w, 1, tiles_h * m + 1 - h))
+    out = x.new_empty(n, out_ch, tiles_h * m, tiles_w * m)
+    row_bytes = a * a * (c + out_ch) * n * tiles_w * x.element_size()
+    kernel_bytes = kernels.numel() * kernels.element_size()
+    rows = min(tiles_h, max(-(-kernel_bytes // row_bytes), CHUNK_BYTES // row_bytes, 1))
+    for first in range(0, tiles_h, rows):
+        count = min(rows, tiles_h - first)
+        products = _products(padded, kernels, input_t, m, first, count)
+        _untransform(products, output_t, bias, out[:, :, first * m:(first + count) * m], m)
+    return out if (tiles_h * m, tiles_w * m) == (h, w) else out[:, :, :h, :w].contiguous()
+
+
+def _products(padded: torch.Tensor, kernels: torch.Tensor, input_t: torch.Tensor, m: int,
+              first: int, rows: int) -> torch.Tensor:
+    """The GEMMs of `rows` tile rows from `first`: padded (N, I, H'+2, W'+2) -> (a^2, O, tiles)."""
+    n, c, _, width = padded.shape
+    a, tiles_w = m + 2, (width - 2) // m
+    s_n, s_c, s_h, s_w = padded.stride()
+    tiles = padded.as_strided((a, a, c, n, rows, tiles_w), (s_h, s_w, s_c, s_n, m * s_h, m * s_w),
+                              padded.storage_offset() + first * m * s_h)
+    count = n * rows * tiles_w
+    transformed = (input_t @ tiles.reshape(a * a, c * count)).view(a * a, c, count)
+    return torch.bmm(kernels, transformed)
+
+
+def _untransform(products: torch.Tensor, output_t: torch.Tensor, bias: torch.Tensor | None,
+                 out: torch.Tensor, m: int) -> None:
+    """Output tiles (+ bias) from products (a^2, O, N * rows * tiles_w) into out (N, O, rows*m, W')."""
+    n, out_ch, height, width = out.shape
+    rows, tiles_w = height // m, width // m
+    outputs = output_t @ products.view(products.shape[0], -1)
+    # (m, m, O, N, rows, tiles_w) -> (N, O, rows, m, tiles_w, m)
+    source = outputs.view(m, m, out_ch, n, rows, tiles_w).permute(3, 2, 4, 0, 5, 1)
+    grid = out.view(n, out_ch, rows, m, tiles_w, m)
+    if bias is None:
+        grid.copy_(source)
+    else:
+        torch.add(source, bias.view(1, -1, 1, 1, 1, 1), out=grid)
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `conv` on `x` may run by Winograd: a plain 3x3 stride-1 padding-1 conv, CPU fp32
+    inference (no autograd; not while torch.compile traces, where inductor picks kernels)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32 and not grad and not compiling())
+
+
+class Conv3x3(nn.Conv2d):
+    """nn.Conv2d (same parameters and state-dict keys) whose CPU fp32 inference takes Winograd
+    where `tile_size` finds it faster; every other case is the direct convolution.
+    x (N, I, H, W) -> (N, O, H, W), in x's memory format."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.winograd = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = tile_size(x, self.out_channels) if self.winograd and applies(self, x) else 0
+        if m == 0:
+            return super().forward(x)
+        out = winograd_conv3x3(x, self.weight, self.bias, m)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def set_winograd(model: nn.Module, enabled: bool) -> int:
+    """Turn Winograd on (the default) or off (the direct convolution, oneDNN's arithmetic) in
+    every `Conv3x3` of `model`; returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Conv3x3):
+            module.winograd = bool(enabled)
+            count += 1
+    return count
