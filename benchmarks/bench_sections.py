@@ -21,6 +21,7 @@ from pww_ldm.gemm import resolve_backend
 from pww_ldm.kernels import set_attention_kernel, xformers_unusable
 from pww_ldm.models.linear import set_linear_backend
 from pww_ldm.models.upsample import set_folded_upsample
+from pww_ldm.models.winograd import set_winograd
 from pww_ldm.vae import TILE_ABOVE_PIXELS, decode_latents
 
 if TYPE_CHECKING:
@@ -54,14 +55,28 @@ def baseline_step(b: Bench, ctx: dict[str, Any]) -> None:
                                  times, gflop))
 
 
-def reference_upsample(model: torch.nn.Module, fn: Any) -> Any:
-    """`fn` run with the reference upsamplers (interpolate, then conv) instead of the folded ones."""
+def reference_convs(model: torch.nn.Module, fn: Any) -> Any:
+    """`fn` run with CompVis's convolution arithmetic: the reference upsamplers (interpolate,
+    then conv) instead of the folded / Winograd ones, and every 3x3 conv direct (oneDNN)."""
     def run() -> Any:
         set_folded_upsample(model, False)
+        set_winograd(model, False)
         try:
             return fn()
         finally:
             set_folded_upsample(model, True)
+            set_winograd(model, True)
+    return run
+
+
+def direct_convs(model: torch.nn.Module, fn: Any) -> Any:
+    """`fn` run with Winograd off: every 3x3 conv direct (oneDNN), upsamplers folded."""
+    def run() -> Any:
+        set_winograd(model, False)
+        try:
+            return fn()
+        finally:
+            set_winograd(model, True)
     return run
 
 
@@ -78,13 +93,14 @@ def blas_linears(model: torch.nn.Module, fn: Any) -> Any:
 
 
 def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
-    """Ours (PwW off), diffusers, ours (PwW on), ours with the reference upsamplers and ours with
-    BLAS linears (PwW off): one step each, interleaved."""
+    """Ours (PwW off), diffusers, ours (PwW on), ours with direct 3x3 convs, with the reference
+    convolutions and with BLAS linears (PwW off): one step each, interleaved."""
     plain = ours_step_fn(ctx["unet"], ctx["inputs"])
     r = time_interleaved({"ours": plain,
                           "diffusers": diffusers_step_fn(ctx["dunet"], ctx["inputs"]),
                           "ours_pww": ours_step_fn(ctx["unet"], ctx["inputs"], ctx["regions"]),
-                          "ours_ref_up": reference_upsample(ctx["unet"], plain),
+                          "ours_direct": direct_convs(ctx["unet"], plain),
+                          "ours_ref_conv": reference_convs(ctx["unet"], plain),
                           "ours_blas": blas_linears(ctx["unet"], plain)},
                          b.device, b.args.repeats, b.args.warmup)
     diff = max_diff(r["ours"][2], r["diffusers"][2])
@@ -98,10 +114,14 @@ def section_unet(b: Bench, ctx: dict[str, Any]) -> None:
     b.ratio(f"UNet step ours PwW off / diffusers ({b.dtype_name})", ctx["ours"], ctx["diffusers"])
     b.ratio(f"PwW overhead: on / off ({b.dtype_name})", ctx["ours_pww"], ctx["ours"], 1.03)
     b.ratio("GFLOP/s ours PwW off / diffusers", ctx["ours"], ctx["diffusers"], what="gflops")
-    diff = max_diff(r["ours"][2], r["ours_ref_up"][2])
-    ref = _row(b, "unet", f"{step_case(b)}, PwW off, reference upsamplers", "pww_ldm",
-               r["ours_ref_up"], note=f"max abs diff vs folded {diff:.2e}")
-    b.ratio(f"UNet step folded / reference upsamplers, PwW off ({b.dtype_name})", ctx["ours"], ref)
+    diff = max_diff(r["ours"][2], r["ours_direct"][2])
+    direct = _row(b, "unet", f"{step_case(b)}, PwW off, direct 3x3 convs", "pww_ldm",
+                  r["ours_direct"], note=f"max abs diff vs Winograd {diff:.2e}")
+    b.ratio(f"UNet step Winograd / direct 3x3 convs, PwW off ({b.dtype_name})", ctx["ours"], direct)
+    diff = max_diff(r["ours"][2], r["ours_ref_conv"][2])
+    ref = _row(b, "unet", f"{step_case(b)}, PwW off, reference convolutions", "pww_ldm",
+               r["ours_ref_conv"], note=f"max abs diff vs ours {diff:.2e}")
+    b.ratio(f"UNet step ours / reference convolutions, PwW off ({b.dtype_name})", ctx["ours"], ref)
     diff = max_diff(r["ours"][2], r["ours_blas"][2])
     blas = _row(b, "unet", f"{step_case(b)}, PwW off, BLAS linears", "pww_ldm", r["ours_blas"],
                 note=f"max abs diff vs {resolve_backend('auto')} linears {diff:.2e}")
@@ -216,7 +236,8 @@ def section_vae(b: Bench, ctx: dict[str, Any]) -> None:
         if tiled and not b.args.no_untiled:
             fns["ours_untiled"] = lambda z=z: decode_latents(model, z, tiled=False)
         if not tiled:
-            fns["ours_ref_up"] = reference_upsample(model, fns["ours"])
+            fns["ours_direct"] = direct_convs(model, fns["ours"])
+            fns["ours_ref_conv"] = reference_convs(model, fns["ours"])
         warm = 1 if b.args.vae_repeats > 1 or px != largest else 0
         r = time_interleaved(fns, b.device, b.args.vae_repeats, warm)
         note = "" if warm else "1 run, no warm-up"
@@ -231,10 +252,13 @@ def section_vae(b: Bench, ctx: dict[str, Any]) -> None:
             untiled = _row(b, "vae", f"decode {px}x{px} (untiled)", "pww_ldm", r["ours_untiled"],
                            "fp32", note="; ".join(x for x in (note, diff) if x))
             b.ratio(f"VAE decode {px} ours untiled / diffusers", untiled, theirs)
-        if "ours_ref_up" in r:
-            ref = _row(b, "vae", f"decode {px}x{px}, reference upsamplers", "pww_ldm",
-                       r["ours_ref_up"], "fp32", note=note)
-            b.ratio(f"VAE decode {px} folded / reference upsamplers", ours, ref)
+        if "ours_direct" in r:
+            direct = _row(b, "vae", f"decode {px}x{px}, direct 3x3 convs", "pww_ldm",
+                          r["ours_direct"], "fp32", note=note)
+            b.ratio(f"VAE decode {px} Winograd / direct 3x3 convs", ours, direct)
+            ref = _row(b, "vae", f"decode {px}x{px}, reference convolutions", "pww_ldm",
+                       r["ours_ref_conv"], "fp32", note=note)
+            b.ratio(f"VAE decode {px} ours / reference convolutions", ours, ref)
 
 
 def section_alloc(b: Bench) -> None:

@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from pww_ldm.models import winograd
-from pww_ldm.models.winograd import Conv3x3, set_winograd, tile_size, winograd_conv3x3
+from pww_ldm.models.upsample import FoldedKernels, upsample_conv
+from pww_ldm.models.winograd import (
+    Conv3x3,
+    set_winograd,
+    tile_size,
+    winograd_conv3x3,
+    winograd_upsample_conv3x3,
+)
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -34,6 +41,37 @@ def test_matches_the_direct_convolution(m, shape, with_bias):
     assert (ours.double() - exact).abs().max() < 2e-5 * exact.abs().max()
 
 
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape", [(2, 6, 8, 8), (1, 5, 7, 5), (1, 3, 6, 9)])
+def test_upsampling_variant_matches_nearest_2x_then_conv(m, shape):
+    gen = torch.Generator().manual_seed(sum(shape) + m)
+    x = torch.randn(*shape, generator=gen)
+    w, b = torch.randn(4, shape[1], 3, 3, generator=gen), torch.randn(4, generator=gen)
+    up = F.interpolate(x.double(), scale_factor=2, mode="nearest")
+    exact = F.conv2d(up, w.double(), b.double(), padding=1)
+    ours = winograd_upsample_conv3x3(x, w, b, m)
+    assert ours.shape == exact.shape
+    assert (ours.double() - exact).abs().max() < 2e-5 * exact.abs().max()
+
+
+def test_upsample_conv_takes_winograd_f4_where_it_applies_else_the_folded_kernels(monkeypatch):
+    calls = []
+    original = winograd.winograd_upsample_conv3x3
+    monkeypatch.setattr(winograd, "winograd_upsample_conv3x3",
+                        lambda *args: calls.append(args[-1]) or original(*args))
+    conv = Conv3x3(128, 128, 3, padding=1).requires_grad_(False)
+    x = torch.randn(1, 128, 32, 32)  # a 64x64 output grid: F(4, 3)
+    reference = conv._conv_forward(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight,
+                                   conv.bias)
+    assert torch.allclose(upsample_conv(x, conv, FoldedKernels()), reference, atol=1e-4)
+    assert calls == [4]
+    small = torch.randn(1, 128, 8, 8)  # 16x16 output: F(2, 3) would be picked, folded is faster
+    upsample_conv(small, conv, FoldedKernels())
+    set_winograd(conv, False)
+    folded = upsample_conv(x, conv, FoldedKernels())
+    assert calls == [4] and torch.allclose(folded, reference, atol=1e-4)
+
+
 def test_chunks_of_tile_rows_give_the_unchunked_result(monkeypatch):
     gen = torch.Generator().manual_seed(1)
     x, w, b = torch.randn(2, 8, 30, 22, generator=gen), torch.randn(8, 8, 3, 3, generator=gen), None
@@ -46,7 +84,7 @@ def test_chunks_of_tile_rows_give_the_unchunked_result(monkeypatch):
 
 def test_tile_size_follows_the_measured_thresholds():
     def pick(n, c, o, size):
-        return tile_size(torch.empty(n, c, size, size, device="meta"), o)
+        return tile_size((n, c, size, size), o)
 
     assert pick(2, 320, 320, 64) == 4 and pick(1, 512, 512, 64) == 4 and pick(2, 640, 640, 32) == 4
     assert pick(2, 1280, 1280, 16) == 2

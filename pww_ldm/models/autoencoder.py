@@ -99,7 +99,7 @@ class Upsample(nn.Module):
         self.fold = True  # pww_ldm.models.upsample.set_folded_upsample
         self.folded_kernels = None  # built per call: one call per decode (or tile) is cheap
         if with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+            self.conv = Conv3x3(in_channels, in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, h, w) -> (B, C, 2h, 2w)."""

@@ -78,7 +78,7 @@ class Upsample(nn.Module):
         self.fold = True  # pww_ldm.models.upsample.set_folded_upsample
         self.folded_kernels = FoldedKernels()
         if use_conv:
-            self.conv = nn.Conv2d(channels, out_channels, 3, padding=padding)
+            self.conv = Conv3x3(channels, out_channels, 3, padding=padding)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """x (B, C, h, w) -> (B, C', *size) or (B, C', 2h, 2w)."""

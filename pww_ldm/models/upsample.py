@@ -7,8 +7,11 @@ with w[0] + w[1] and x[i + 1] with w[2]. The four phases' 2x2 kernels, stacked a
 channels, run as convolutions over x padded by one pixel: 4 instead of 9 multiply-adds per
 output pixel and channel pair, and no 4x larger upsampled input. The result equals the
 reference up to float rounding (the taps are summed before, not after, the multiplication;
-relative error ~4e-7 in fp32). Stable Diffusion's UNet (3 upsamplers) and VAE decoder (3, at up to
-512 px and 256 channels, about 28 % of the decoder's FLOPs) both use this pattern.
+relative error ~4e-7 in fp32). For CPU fp32 inference with enough channels, Winograd on the
+upsampled grid (`pww_ldm.models.winograd.winograd_upsample_conv3x3`, 2.25 multiply-adds per
+output) takes over from the folded kernels. Stable Diffusion's UNet (3 upsamplers) and VAE
+decoder (3, at up to 512 px and 256 channels, about 28 % of the decoder's FLOPs) both use this
+pattern.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gemm import compiling
+from . import winograd
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
@@ -68,8 +72,10 @@ class FoldedKernels:
 
 
 def set_folded_upsample(model: nn.Module, enabled: bool) -> int:
-    """Turn the folded path on (the default) or off (the reference's interpolate-then-conv, the
-    CompVis arithmetic bit for bit) in every upsampler of `model`; returns how many were set."""
+    """Turn the folded path on (the default) or off (the reference's interpolate-then-conv; with
+    `pww_ldm.models.winograd.set_winograd(model, False)` too, the CompVis arithmetic bit for bit)
+    in every upsampler of `model`; returns how many were set. Where Winograd applies (CPU fp32
+    inference, see `uses_winograd`) it replaces the folded kernels."""
     count = 0
     for module in model.modules():
         if hasattr(module, "fold") and hasattr(module, "folded_kernels"):
@@ -96,8 +102,12 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
     reference's graph."""
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    n, c, h, w = x.shape
+    # Only F(4, 3): F(2, 3) on the upsampled grid is no faster than the cached folded kernels
+    # (1.04x at SD's 8 -> 16 upsampler, `benchmarks/bench_winograd.py`).
+    if uses_winograd(conv, x) and winograd.tile_size((n, c, 2 * h, 2 * w), conv.out_channels) == 4:
+        return _like(winograd.winograd_upsample_conv3x3(x, conv.weight, conv.bias, 4), x)
     weight, bias = _fold(conv) if kernels is None or compiling() else kernels.get(conv)
-    n, _, h, w = x.shape
     out_ch = conv.out_channels
     out: torch.Tensor | None = None
     # One convolution per phase, each written into its stride of `out` before the next runs:
@@ -111,7 +121,16 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
             if out is None:  # the conv's dtype: x's, or autocast's
                 out = phased.new_empty(n, out_ch, h, 2, w, 2)
             out[:, :, :, a, :, b] = phased[:, :, a:a + h, b:b + w]  # phased: (B, O, h+1, w+1)
-    out = out.view(n, out_ch, 2 * h, 2 * w)
+    return _like(out.view(n, out_ch, 2 * h, 2 * w), x)
+
+
+def uses_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the upsampler's conv takes Winograd on x: a Conv3x3 with it on, where it applies."""
+    return bool(getattr(conv, "winograd", False)) and winograd.applies(conv, x)
+
+
+def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out in x's memory format (channels_last only when x is laid out so)."""
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
+        return out.contiguous(memory_format=torch.channels_last)
     return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +74,16 @@ def transforms(m: int, dtype: torch.dtype, device: torch.device
 MIN_CHANNELS = 128
 
 
-def tile_size(x: torch.Tensor, out_channels: int) -> int:
-    """The output tile m for x (N, I, H, W) convolved to out_channels: 4, 2, or 0 (direct).
+def tile_size(shape: Sequence[int], out_channels: int) -> int:
+    """The output tile m for a conv of an input of `shape` (N, I, H, W) (the output grid's H, W)
+    to out_channels: 4, 2, or 0 (direct).
 
     The GEMM saving grows with the number of output pixels N*H*W, the kernel transform's cost
     does not (it scales with I*O like the GEMM), so beyond the channel floor the choice depends
     on N*H*W only. Thresholds measured on SD's UNet and VAE shapes
     (`benchmarks/bench_winograd.py`: at 16x16 with CFG batch 2 F(2, 3) is 0.65x direct and
     F(4, 3) 0.72x, at 8x8 both lose)."""
-    n, c, h, w = x.shape
+    n, c, h, w = shape
     if min(c, out_channels) < MIN_CHANNELS:
         return 0
     pixels = n * h * w
@@ -103,45 +105,92 @@ CHUNK_BYTES = 8 * 2**20
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      m: int) -> torch.Tensor:
     """conv2d(x, weight, bias, padding=1) by F(m x m, 3 x 3): x (N, I, H, W), weight (O, I, 3, 3),
-    bias (O,) or None -> (N, O, H, W), contiguous (NCHW). Runs in chunks of tile rows (see
-    CHUNK_BYTES)."""
-    n, c, h, w = x.shape
+    bias (O,) or None -> (N, O, H, W), contiguous (NCHW)."""
+    return _convolve(x, weight, bias, m, m, transforms(m, x.dtype, x.device)[0], tuple(x.shape[-2:]))
+
+
+@functools.lru_cache(maxsize=8)
+def upsampling_transform(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The input transform of F(m, 3) on a nearest-2x-upsampled grid, read from the small grid:
+    (a^2, p^2) with p = m / 2 + 2. Output tile t needs upsampled rows m t - 1 .. m t + m, which
+    are small-grid rows m t / 2 - 1 + (j + 1) // 2 for j = 0 .. m + 1: a selection S (a, p)
+    applied before B^T."""
+    a, p = m + 2, m // 2 + 2
+    select = torch.zeros(a, p, dtype=torch.float64)
+    select[torch.arange(a), (torch.arange(a) + 1) // 2] = 1.0
+    bt_select = _cook_toom(m)[0] @ select
+    return torch.kron(bt_select, bt_select).to(dtype=dtype, device=device)
+
+
+def winograd_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              m: int) -> torch.Tensor:
+    """conv2d(nearest 2x of x, weight, bias, padding=1) by F(m x m, 3 x 3), m even, without the
+    upsampled tensor: x (N, I, H, W) -> (N, O, 2H, 2W). 2.25 multiplications per output and
+    channel pair for m = 4, against 4 for the folded phase kernels (pww_ldm.models.upsample)."""
+    h, w = x.shape[-2:]
+    # Output tiles start every m upsampled = m / 2 small-grid pixels.
+    return _convolve(x, weight, bias, m, m // 2, upsampling_transform(m, x.dtype, x.device),
+                     (2 * h, 2 * w))
+
+
+def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int,
+              step: int, input_t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The output (N, O, *size) of F(m, 3) on x (N, I, H, W) zero-padded by one pixel, whose
+    input tiles (p x p, p^2 = input_t's columns) start every `step` pixels: in chunks of tile
+    rows, each padded on its own (no padded copy of the whole input)."""
+    n, c = x.shape[:2]
     out_ch, a = weight.shape[0], m + 2
-    tiles_h, tiles_w = -(-h // m), -(-w // m)
-    input_t, kernel_t, output_t = transforms(m, x.dtype, x.device)
+    tiles_h, tiles_w = -(-size[0] // m), -(-size[1] // m)
+    _, kernel_t, output_t = transforms(m, x.dtype, x.device)
     # Layouts chosen so that every GEMM reads both operands untransposed (10-15 % faster than
     # an NHWC gather with a transposed kernel operand, measured on the UNet's shapes): kernels
     # (a^2, O, I), transformed tiles (a^2, I, tiles), products (a^2, O, tiles).
     kernels = (kernel_t @ weight.reshape(out_ch * c, 9).t()).view(a * a, out_ch, c)
-    # One zero pixel of padding, more at the bottom/right to fill the last tile.
-    padded = F.pad(x, (1, tiles_w * m + 1 - w, 1, tiles_h * m + 1 - h))
-    out = x.new_empty(n, out_ch, tiles_h * m, tiles_w * m)
+    out = x.new_empty(n, out_ch, *size)
     row_bytes = a * a * (c + out_ch) * n * tiles_w * x.element_size()
     kernel_bytes = kernels.numel() * kernels.element_size()
     rows = min(tiles_h, max(-(-kernel_bytes // row_bytes), CHUNK_BYTES // row_bytes, 1))
     for first in range(0, tiles_h, rows):
         count = min(rows, tiles_h - first)
-        products = _products(padded, kernels, input_t, m, first, count)
-        _untransform(products, output_t, bias, out[:, :, first * m:(first + count) * m], m)
-    return out if (tiles_h * m, tiles_w * m) == (h, w) else out[:, :, :h, :w].contiguous()
+        slab = _padded_rows(x, first * step, count * step + math.isqrt(input_t.shape[1]) - step,
+                            tiles_w * step + math.isqrt(input_t.shape[1]) - step)
+        products = _products(slab, kernels, input_t, step, count, tiles_w)
+        target = out[:, :, first * m:(first + count) * m]
+        if target.shape[-2:] == (count * m, tiles_w * m):
+            _untransform(products, output_t, bias, target, m)
+        else:  # the last, partial tiles: through a chunk-sized buffer
+            full = x.new_empty(n, out_ch, count * m, tiles_w * m)
+            _untransform(products, output_t, bias, full, m)
+            target.copy_(full[:, :, : target.shape[-2], : size[1]])
+    return out
 
 
-def _products(padded: torch.Tensor, kernels: torch.Tensor, input_t: torch.Tensor, m: int,
-              first: int, rows: int) -> torch.Tensor:
-    """The GEMMs of `rows` tile rows from `first`: padded (N, I, H'+2, W'+2) -> (a^2, O, tiles)."""
-    n, c, _, width = padded.shape
-    a, tiles_w = m + 2, (width - 2) // m
-    s_n, s_c, s_h, s_w = padded.stride()
-    tiles = padded.as_strided((a, a, c, n, rows, tiles_w), (s_h, s_w, s_c, s_n, m * s_h, m * s_w),
-                              padded.storage_offset() + first * m * s_h)
+def _padded_rows(x: torch.Tensor, first: int, rows: int, width: int) -> torch.Tensor:
+    """Rows first .. first + rows of x zero-padded by one pixel (top/left) and to `width`:
+    (N, I, rows, width)."""
+    h, w = x.shape[-2:]
+    start = first - 1  # the x row of the slab's first row
+    lo, hi = max(start, 0), min(start + rows, h)
+    return F.pad(x[:, :, lo:hi], (1, width - 1 - w, lo - start, start + rows - hi))
+
+
+def _products(slab: torch.Tensor, kernels: torch.Tensor, input_t: torch.Tensor, step: int,
+              rows: int, tiles_w: int) -> torch.Tensor:
+    """The GEMMs of `rows` tile rows of a padded slab (N, I, ., .): (a^2, O, N * rows * tiles_w)."""
+    n, c = slab.shape[:2]
+    a2, p = input_t.shape[0], math.isqrt(input_t.shape[1])
+    s_n, s_c, s_h, s_w = slab.stride()
+    tiles = slab.as_strided((p, p, c, n, rows, tiles_w), (s_h, s_w, s_c, s_n, step * s_h, step * s_w),
+                            slab.storage_offset())
     count = n * rows * tiles_w
-    transformed = (input_t @ tiles.reshape(a * a, c * count)).view(a * a, c, count)
+    transformed = (input_t @ tiles.reshape(p * p, c * count)).view(a2, c, count)
     return torch.bmm(kernels, transformed)
 
 
 def _untransform(products: torch.Tensor, output_t: torch.Tensor, bias: torch.Tensor | None,
                  out: torch.Tensor, m: int) -> None:
-    """Output tiles (+ bias) from products (a^2, O, N * rows * tiles_w) into out (N, O, rows*m, W')."""
+    """Output tiles (+ bias) from products (a^2, O, N * rows * tiles_w) into out (N, O, rows * m,
+    tiles_w * m), a view of whole tiles."""
     n, out_ch, height, width = out.shape
     rows, tiles_w = height // m, width // m
     outputs = output_t @ products.view(products.shape[0], -1)
@@ -174,7 +223,7 @@ class Conv3x3(nn.Conv2d):
         self.winograd = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = tile_size(x, self.out_channels) if self.winograd and applies(self, x) else 0
+        m = tile_size(x.shape, self.out_channels) if self.winograd and applies(self, x) else 0
         if m == 0:
             return super().forward(x)
         out = winograd_conv3x3(x, self.weight, self.bias, m)
