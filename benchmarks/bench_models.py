@@ -179,12 +179,16 @@ def region_context(model: LatentDiffusion, width: int = 512, height: int = 512) 
 
 def unet_inputs(model: LatentDiffusion, latent: int = 64, batch: int = 2, seed: int = 0
                 ) -> dict[str, torch.Tensor]:
-    """One CFG step's inputs: x (B,4,h,w), t (B,), sigma (B,), emb (B,77,C) = [uncond; cond]."""
+    """One CFG step's inputs: x (B,4,h,w) = [x; x], t (B,), sigma (B,), emb (B,77,C) = [uncond; cond]."""
     g = torch.Generator().manual_seed(seed)
     dtype, device = model.unet_dtype, model.device
     with torch.inference_mode():
         emb = model.get_learned_conditioning([""] * (batch // 2) + [PROMPT] * (batch - batch // 2))
-    return {"x": torch.randn(batch, 4, latent, latent, generator=g).to(device, dtype),
+    # A CFG batch holds the same latent in both halves, as every sampler builds it (our UNet
+    # computes the rows' shared start once: pww_ldm.models.shared_rows).
+    distinct = batch // 2 if batch % 2 == 0 else batch
+    x = torch.randn(distinct, 4, latent, latent, generator=g).repeat(batch // distinct, 1, 1, 1)
+    return {"x": x.to(device, dtype),
             "t": torch.full((batch,), 500.0, device=device),
             "sigma": torch.full((batch,), 4.0, device=device),
             "emb": emb.to(device, dtype)}

@@ -56,7 +56,7 @@ def region_call(model, latent=(6, 8)):
     with torch.no_grad():
         emb = model.get_learned_conditioning(["", "a cat on grass"])
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 4, h, w, generator=g)
+    x = torch.randn(1, 4, h, w, generator=g).repeat(2, 1, 1, 1)  # a CFG batch: [x; x]
     context = UNetContext(emb, torch.full((2,), 3.0), (PaintWithWords(regions),), cond_rows=slice(1, 2))
     return x, torch.full((2,), 600.0), context
 

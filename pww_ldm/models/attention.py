@@ -70,9 +70,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
-                ) -> torch.Tensor:
-        """x (B, h*w, dim), context (B, 77, context_dim) or UNetContext -> (B, h*w, dim)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None,
+                copies: int = 1) -> torch.Tensor:
+        """x (B, h*w, dim), context (copies * B, 77, context_dim) or UNetContext
+        -> (copies * B, h*w, dim): the self-attention's result is repeated `copies` times before
+        the cross-attention (pww_ldm.models.shared_rows)."""
         hooks = context if isinstance(context, UNetContext) else None
         matching = _token_merging(x, hooks)
         if matching is None:
@@ -80,6 +82,8 @@ class BasicTransformerBlock(nn.Module):
         else:  # ToMe: self-attention over the merged tokens only; cross-attention sees them all
             merge, unmerge = matching
             x = unmerge(self.attn1(merge(self.norm1(x)), unet_context=hooks)) + x
+        if copies > 1:
+            x = x.repeat(copies, 1, 1)
         x = self.attn2(self.norm2(x), context=context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -128,9 +132,10 @@ class SpatialTransformer(nn.Module):
                     else nn.Conv2d(inner_dim, in_channels, kernel_size=1))
         self.proj_out = zero_module(proj_out)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None
-                ) -> torch.Tensor:
-        """x (B, C, h, w), context (B, 77, context_dim) or UNetContext -> (B, C, h, w)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | UNetContext | None = None,
+                copies: int = 1) -> torch.Tensor:
+        """x (B, C, h, w), context (copies * B, 77, context_dim) or UNetContext
+        -> (copies * B, C, h, w); copies > 1 repeats the rows after the first self-attention."""
         b, c, h, w = x.shape
         x_in = x
         x = self.norm(x)
@@ -142,8 +147,8 @@ class SpatialTransformer(nn.Module):
         # Plug-ins (e.g. region weights resampled per grid) need this layer's own grid.
         if isinstance(context, UNetContext):
             context = context.at_grid(h, w)
-        for block in self.transformer_blocks:
-            x = block(x, context=context)
+        for i, block in enumerate(self.transformer_blocks):
+            x = block(x, context=context, copies=copies if i == 0 else 1)
         if self.use_linear:
             x = self.proj_out(x)
         # (b, h*w, c) seen as (b, c, h, w) has channels_last strides. Give it x_in's layout:
@@ -152,7 +157,7 @@ class SpatialTransformer(nn.Module):
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous(memory_format=_layout(x_in))
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + x_in
+        return x + (x_in.repeat(copies, 1, 1, 1) if copies > 1 else x_in)
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:

@@ -17,6 +17,7 @@ from torch import nn
 from ..conditioning import UNetContext
 from .attention import SpatialTransformer, zero_module
 from .linear import Linear
+from .shared_rows import shared_start
 from .upsample import FoldedKernels, folds, upsample_conv
 from .winograd import Conv3x3
 
@@ -180,6 +181,7 @@ class UNetModel(nn.Module):
             raise ValueError("set num_heads or num_head_channels")
         self.in_channels = in_channels
         self.model_channels = model_channels
+        self.share_rows = True  # pww_ldm.models.shared_rows.set_shared_rows
         self.out_channels = out_channels
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(Linear(model_channels, time_embed_dim), nn.SiLU(),
@@ -235,14 +237,23 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         run = context.approx if isinstance(context, UNetContext) else None
         if run is not None:
-            return self._approximated(x, emb, context, run)
-        skips = []
-        h = x
-        for module in self.input_blocks:
+            return self._approximated(x, timesteps, emb, context, run)
+        skips, h = self._start(x, timesteps, emb, context)
+        for module in self.input_blocks[len(skips):]:
             h = module(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
         return self._up(h, skips, self.output_blocks, emb, context)
+
+    def _start(self, x: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor,
+               context: torch.Tensor | UNetContext | None, depth: int | None = None
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(skips, h) after the first input blocks computed once for the rows a CFG batch repeats
+        (pww_ldm.models.shared_rows), or ([], x) when none are shared or `depth` < 2."""
+        shared = shared_start(self, x, timesteps, emb, context) if self.share_rows else None
+        if shared is None or (depth is not None and depth < len(shared[0])):
+            return [], x
+        return shared
 
     def _up(self, h: torch.Tensor, skips: list[torch.Tensor], blocks: Sequence[nn.Module],
             emb: torch.Tensor, context: torch.Tensor | UNetContext | None,
@@ -258,8 +269,8 @@ class UNetModel(nn.Module):
             h = module(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
         return self.out(h)
 
-    def _approximated(self, x: torch.Tensor, emb: torch.Tensor, context: UNetContext,
-                      run: Any) -> torch.Tensor:
+    def _approximated(self, x: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor,
+                      context: UNetContext, run: Any) -> torch.Tensor:
         """The forward under a run's approximations (pww_ldm.approx.ApproxRun): token merging
         happens in the transformer blocks; DeepCache decides here which blocks run.
 
@@ -271,8 +282,8 @@ class UNetModel(nn.Module):
                              f"{len(self.input_blocks)} input blocks; use 0..{len(self.input_blocks) - 1}")
         deep = run.start_call(self.attention_grids(*x.shape[-2:]), (x.shape, x.dtype, x.device))
         depth = len(self.input_blocks) if deep is None else branch + 1
-        skips, h = [], x
-        for module in self.input_blocks[:depth]:
+        skips, h = self._start(x, timesteps, emb, context, depth)
+        for module in self.input_blocks[len(skips):depth]:
             h = module(h, emb, context)
             skips.append(h)
         if deep is not None:
