@@ -7,8 +7,8 @@ self-attention at the finest grid) is the same for both halves; computing it onc
 of a 512 px SD v1 CFG step (the 64x64 self-attention is its largest part). Rows are shared only
 when they are equal (checked on the inputs, not assumed) and no plug-in acts on the
 self-attention (whose rows it may treat apart), on the CPU without torch.compile (the row check
-would break a compiled graph, and sync with the host on CUDA). The result is the same up to float rounding (one row instead of two in
-the same kernels).
+would break a compiled graph, and sync with the host on CUDA). The result is the same up to
+float rounding (one row instead of two in the same kernels).
 """
 
 from __future__ import annotations
