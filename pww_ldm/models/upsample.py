@@ -35,8 +35,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 def folds(conv: nn.Conv2d) -> bool:
     """Whether `conv` is the plain 3x3, stride-1, padding-1 convolution this rewrite covers."""
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+    return winograd.plain_3x3(conv)
 
 
 def _fold(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:

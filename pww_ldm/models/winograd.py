@@ -203,13 +203,17 @@ def _untransform(products: torch.Tensor, output_t: torch.Tensor, bias: torch.Ten
         torch.add(source, bias.view(1, -1, 1, 1, 1, 1), out=grid)
 
 
-def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether `conv` on `x` may run by Winograd: a plain 3x3 stride-1 padding-1 conv, CPU fp32
-    inference (no autograd; not while torch.compile traces, where inductor picks kernels)."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+def plain_3x3(conv: nn.Conv2d) -> bool:
+    """Whether `conv` is a plain 3x3, stride-1, padding-1 (zeros), dense convolution."""
     return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `conv` on `x` may run by Winograd: a plain 3x3 conv, CPU fp32 inference (no
+    autograd; not while torch.compile traces, where inductor picks kernels)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+    return (plain_3x3(conv) and x.device.type == "cpu" and x.dtype == torch.float32
             and conv.weight.dtype == torch.float32 and not grad and not compiling())
 
 
