@@ -4,13 +4,16 @@
         [--repeats N] [--steps N] [--vae-sizes 512,1024] [--compile] [--only unet,vae,...]
 
 Sections, in this order (all by default; random weights, no checkpoint needed):
-  unet       one denoising step of the SD v1 UNet (64x64 latent = 512 px, CFG batch 2): ours
-             with PwW off, diffusers' UNet2DConditionModel with the same weights (diffusers' own
-             LDM conversion), ours with PwW on (5 regions, weight function "max")
+  unet       one denoising step of the SD v1 UNet (64x64 latent = 512 px, a CFG batch [x; x]):
+             ours with PwW off, diffusers' UNet2DConditionModel with the same weights (diffusers'
+             own LDM conversion), ours with PwW on (5 regions, weight function "max"), ours with
+             direct 3x3 convs (no Winograd), with CompVis's convolution arithmetic, with BLAS
+             linears
   precision  the step in other precisions (CPU: bf16 autocast (ours, PwW off) and bf16 weights;
              CUDA: fp16 / bf16 / fp32 weights), ours with PwW off and on, and diffusers
   vae        VAE decode per --vae-sizes; ours tiles the largest size (as the pipeline does from
-             1024 px) and also decodes it untiled (the same work as diffusers')
+             1024 px) and also decodes it untiled (the same work as diffusers'); sizes it does not
+             tile also with direct 3x3 convs and with CompVis's convolution arithmetic
   kernels    the step with the other attention kernels (math; xformers where it runs)
   compile    (--compile) torch.compile'd UNets: it/s with PwW on against diffusers
   txt2img    a whole txt2img (Euler, --steps) at --sizes, ours and a minimal diffusers loop with
