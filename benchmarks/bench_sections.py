@@ -55,41 +55,35 @@ def baseline_step(b: Bench, ctx: dict[str, Any]) -> None:
                                  times, gflop))
 
 
-def reference_convs(model: torch.nn.Module, fn: Any) -> Any:
-    """`fn` run with CompVis's convolution arithmetic: the reference upsamplers (interpolate,
-    then conv) instead of the folded / Winograd ones, and every 3x3 conv direct (oneDNN)."""
+def switched_off(fn: Any, *switches: tuple[Any, Any, Any]) -> Any:
+    """`fn` run with each (setter, model, off value) applied, restored afterwards to the default
+    (True, or "auto" for the linear backend)."""
     def run() -> Any:
-        set_folded_upsample(model, False)
-        set_winograd(model, False)
+        for setter, model, off in switches:
+            setter(model, off)
         try:
             return fn()
         finally:
-            set_folded_upsample(model, True)
-            set_winograd(model, True)
+            for setter, model, off in switches:
+                setter(model, "auto" if isinstance(off, str) else True)
     return run
+
+
+def reference_convs(model: torch.nn.Module, fn: Any) -> Any:
+    """`fn` run with CompVis's convolution arithmetic: the reference upsamplers (interpolate,
+    then conv) instead of the folded / Winograd ones, and every 3x3 conv direct (oneDNN)."""
+    return switched_off(fn, (set_folded_upsample, model, False), (set_winograd, model, False))
 
 
 def direct_convs(model: torch.nn.Module, fn: Any) -> Any:
     """`fn` run with Winograd off: every 3x3 conv direct (oneDNN), upsamplers folded."""
-    def run() -> Any:
-        set_winograd(model, False)
-        try:
-            return fn()
-        finally:
-            set_winograd(model, True)
-    return run
+    return switched_off(fn, (set_winograd, model, False))
 
 
 def blas_linears(model: torch.nn.Module, fn: Any) -> Any:
     """`fn` run with every Linear on the BLAS library (`nn.Linear`'s GEMM) instead of the
     backend `pww_ldm.models.linear` picked for this CPU."""
-    def run() -> Any:
-        set_linear_backend(model, "aten")
-        try:
-            return fn()
-        finally:
-            set_linear_backend(model, "auto")
-    return run
+    return switched_off(fn, (set_linear_backend, model, "aten"))
 
 
 def section_unet(b: Bench, ctx: dict[str, Any]) -> None:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from .unet import UNetModel
 
 
+# Input blocks the shared start covers: conv_in, then [ResBlock, SpatialTransformer].
+SHARED_BLOCKS = 2
+
+
 def repeat_period(x: torch.Tensor, timesteps: torch.Tensor) -> int | None:
     """The smallest p < B such that x (B, ...) and timesteps (B,) are p rows repeated B / p times,
     or None when the rows do not repeat."""
@@ -48,7 +52,7 @@ def shared_start(unet: UNetModel, x: torch.Tensor, timesteps: torch.Tensor, emb:
     from .unet import ResBlock
 
     blocks = unet.input_blocks
-    if len(blocks) < 2 or len(blocks[0]) != 1 or len(blocks[1]) != 2:
+    if len(blocks) < SHARED_BLOCKS or len(blocks[0]) != 1 or len(blocks[1]) != 2:
         return None
     resblock, transformer = blocks[1]
     if not (isinstance(resblock, ResBlock) and isinstance(transformer, SpatialTransformer)):

@@ -17,7 +17,7 @@ from torch import nn
 from ..conditioning import UNetContext
 from .attention import SpatialTransformer, zero_module
 from .linear import Linear
-from .shared_rows import shared_start
+from .shared_rows import SHARED_BLOCKS, shared_start
 from .upsample import FoldedKernels, folds, upsample_conv
 from .winograd import Conv3x3
 
@@ -250,10 +250,10 @@ class UNetModel(nn.Module):
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(skips, h) after the first input blocks computed once for the rows a CFG batch repeats
         (pww_ldm.models.shared_rows), or ([], x) when none are shared or `depth` < 2."""
-        shared = shared_start(self, x, timesteps, emb, context) if self.share_rows else None
-        if shared is None or (depth is not None and depth < len(shared[0])):
+        if not self.share_rows or (depth is not None and depth < SHARED_BLOCKS):
             return [], x
-        return shared
+        shared = shared_start(self, x, timesteps, emb, context)
+        return ([], x) if shared is None else shared
 
     def _up(self, h: torch.Tensor, skips: list[torch.Tensor], blocks: Sequence[nn.Module],
             emb: torch.Tensor, context: torch.Tensor | UNetContext | None,

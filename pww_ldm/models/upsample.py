@@ -105,7 +105,7 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
     # Only F(4, 3): F(2, 3) on the upsampled grid is no faster than the cached folded kernels
     # (1.04x at SD's 8 -> 16 upsampler, `benchmarks/bench_winograd.py`).
     if uses_winograd(conv, x) and winograd.tile_size((n, c, 2 * h, 2 * w), conv.out_channels) == 4:
-        return _like(winograd.winograd_upsample_conv3x3(x, conv.weight, conv.bias, 4), x)
+        return winograd.in_layout_of(winograd.winograd_upsample_conv3x3(x, conv.weight, conv.bias, 4), x)
     weight, bias = _fold(conv) if kernels is None or compiling() else kernels.get(conv)
     out_ch = conv.out_channels
     out: torch.Tensor | None = None
@@ -120,16 +120,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, kernels: FoldedKernels | Non
             if out is None:  # the conv's dtype: x's, or autocast's
                 out = phased.new_empty(n, out_ch, h, 2, w, 2)
             out[:, :, :, a, :, b] = phased[:, :, a:a + h, b:b + w]  # phased: (B, O, h+1, w+1)
-    return _like(out.view(n, out_ch, 2 * h, 2 * w), x)
+    return winograd.in_layout_of(out.view(n, out_ch, 2 * h, 2 * w), x)
 
 
 def uses_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether the upsampler's conv takes Winograd on x: a Conv3x3 with it on, where it applies."""
     return bool(getattr(conv, "winograd", False)) and winograd.applies(conv, x)
-
-
-def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """out in x's memory format (channels_last only when x is laid out so)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return out.contiguous(memory_format=torch.channels_last)
-    return out

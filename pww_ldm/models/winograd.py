@@ -150,10 +150,10 @@ def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     row_bytes = a * a * (c + out_ch) * n * tiles_w * x.element_size()
     kernel_bytes = kernels.numel() * kernels.element_size()
     rows = min(tiles_h, max(-(-kernel_bytes // row_bytes), CHUNK_BYTES // row_bytes, 1))
+    overlap = math.isqrt(input_t.shape[1]) - step  # an input tile's pixels beyond its step
     for first in range(0, tiles_h, rows):
         count = min(rows, tiles_h - first)
-        slab = _padded_rows(x, first * step, count * step + math.isqrt(input_t.shape[1]) - step,
-                            tiles_w * step + math.isqrt(input_t.shape[1]) - step)
+        slab = _padded_rows(x, first * step, count * step + overlap, tiles_w * step + overlap)
         products = _products(slab, kernels, input_t, step, count, tiles_w)
         target = out[:, :, first * m:(first + count) * m]
         if target.shape[-2:] == (count * m, tiles_w * m):
@@ -230,10 +230,14 @@ class Conv3x3(nn.Conv2d):
         m = tile_size(x.shape, self.out_channels) if self.winograd and applies(self, x) else 0
         if m == 0:
             return super().forward(x)
-        out = winograd_conv3x3(x, self.weight, self.bias, m)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
+        return in_layout_of(winograd_conv3x3(x, self.weight, self.bias, m), x)
+
+
+def in_layout_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out (NCHW) in x's memory format: channels_last only when x is laid out so."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def set_winograd(model: nn.Module, enabled: bool) -> int:
